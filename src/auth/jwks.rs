@@ -1,0 +1,416 @@
+//! Key sets: fetch, parse, `kid -> (key, algorithms)`, refresh, and the unknown-`kid` re-fetch.
+//!
+//! A key set is parsed and filtered once per load: keys that are not for signatures, `oct`
+//! (HMAC) keys, and keys whose algorithm is outside the issuer's allow-list are dropped here, so
+//! a request only ever checks a token's `alg` against what the key set allows. The live set sits
+//! behind an `ArcSwapOption` and is replaced whole.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwapOption;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, Limited};
+use jsonwebtoken::jwk::Jwk;
+use jsonwebtoken::{Algorithm, DecodingKey};
+use serde::Deserialize;
+use tokio::sync::{watch, Notify};
+
+use crate::config::{IssuerConfig, KeySource};
+
+/// Largest JWKS or discovery document accepted.
+const MAX_DOCUMENT: usize = 1 << 20;
+/// Longest a request waits for an unknown-kid re-fetch before it is answered.
+const KID_MISS_WAIT: Duration = Duration::from_secs(5);
+const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JwksError {
+    Json(String),
+    NoUsableKey,
+}
+
+impl std::fmt::Display for JwksError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            JwksError::Json(e) => write!(f, "not a JWKS document: {e}"),
+            JwksError::NoUsableKey => write!(f, "no usable signing key for the allowed algorithms"),
+        }
+    }
+}
+
+/// One verification key and the algorithms it may be used with (a subset of the allow-list).
+pub struct KeyEntry {
+    pub key: DecodingKey,
+    pub algorithms: Vec<Algorithm>,
+}
+
+/// A parsed key set.
+#[derive(Default)]
+pub struct KeySet {
+    by_kid: HashMap<String, Arc<KeyEntry>>,
+    without_kid: Vec<Arc<KeyEntry>>,
+}
+
+#[derive(Deserialize)]
+struct RawSet {
+    keys: Vec<serde_json::Value>,
+}
+
+fn family_algorithms(jwk: &serde_json::Value) -> &'static [Algorithm] {
+    use Algorithm::{EdDSA, ES256, ES384, PS256, PS384, PS512, RS256, RS384, RS512};
+    let kty = jwk.get("kty").and_then(|v| v.as_str());
+    let crv = jwk.get("crv").and_then(|v| v.as_str());
+    match (kty, crv) {
+        (Some("RSA"), _) => &[RS256, RS384, RS512, PS256, PS384, PS512],
+        (Some("EC"), Some("P-256")) => &[ES256],
+        (Some("EC"), Some("P-384")) => &[ES384],
+        (Some("OKP"), Some("Ed25519")) => &[EdDSA],
+        // `oct` (HMAC secrets) and anything unknown can never verify a token here.
+        _ => &[],
+    }
+}
+
+impl KeySet {
+    /// Parses a JWKS document, keeping only keys usable with `allowed`.
+    pub fn parse(bytes: &[u8], allowed: &[Algorithm]) -> Result<KeySet, JwksError> {
+        let raw: RawSet =
+            serde_json::from_slice(bytes).map_err(|e| JwksError::Json(e.to_string()))?;
+        let mut set = KeySet::default();
+        for value in raw.keys {
+            if let Some(entry) = Self::entry(&value, allowed) {
+                match value.get("kid").and_then(|v| v.as_str()) {
+                    Some(kid) => {
+                        set.by_kid.entry(kid.to_owned()).or_insert(entry);
+                    }
+                    None => set.without_kid.push(entry),
+                }
+            }
+        }
+        if set.is_empty() {
+            return Err(JwksError::NoUsableKey);
+        }
+        Ok(set)
+    }
+
+    fn entry(value: &serde_json::Value, allowed: &[Algorithm]) -> Option<Arc<KeyEntry>> {
+        if value.get("use").is_some_and(|u| u != "sig") {
+            return None;
+        }
+        let family = family_algorithms(value);
+        let algorithms: Vec<Algorithm> = match value.get("alg") {
+            // A key that names its algorithm is used with exactly that one.
+            Some(alg) => {
+                let alg = alg.as_str()?.parse::<Algorithm>().ok()?;
+                if family.contains(&alg) && allowed.contains(&alg) {
+                    vec![alg]
+                } else {
+                    return None;
+                }
+            }
+            None => family
+                .iter()
+                .copied()
+                .filter(|a| allowed.contains(a))
+                .collect(),
+        };
+        if algorithms.is_empty() {
+            return None;
+        }
+        let jwk: Jwk = serde_json::from_value(value.clone()).ok()?;
+        let key = DecodingKey::from_jwk(&jwk).ok()?;
+        Some(Arc::new(KeyEntry { key, algorithms }))
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_kid.len() + self.without_kid.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn get(&self, kid: &str) -> Option<&Arc<KeyEntry>> {
+        self.by_kid.get(kid)
+    }
+
+    /// Keys published without a `kid`, tried in turn for tokens that carry none.
+    pub fn without_kid(&self) -> &[Arc<KeyEntry>] {
+        &self.without_kid
+    }
+
+    /// Every key, for tokens without a `kid`.
+    pub fn all(&self) -> impl Iterator<Item = &Arc<KeyEntry>> {
+        self.by_kid.values().chain(self.without_kid.iter())
+    }
+}
+
+/// The HTTP client used for JWKS and discovery documents.
+pub type FetchClient = hyper_util::client::legacy::Client<
+    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+    Empty<Bytes>,
+>;
+
+pub fn fetch_client() -> FetchClient {
+    let https = crate::upstream::https_connector(None, Duration::from_secs(5))
+        .expect("the system roots alone always make a TLS config");
+    hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build(https)
+}
+
+#[derive(Default)]
+struct KickState {
+    last: Option<Instant>,
+    /// The generation that was current when a kid-miss fetch was requested; while the
+    /// generation still equals it, that fetch is in flight and newcomers wait for it.
+    in_flight: Option<u64>,
+}
+
+/// The live keys of one issuer and the task that keeps them fresh.
+pub struct IssuerKeys {
+    pub config: IssuerConfig,
+    keys: ArcSwapOption<KeySet>,
+    /// Bumped after every fetch attempt, good or bad.
+    generation: watch::Sender<u64>,
+    kick: Arc<Notify>,
+    kick_state: Mutex<KickState>,
+}
+
+impl IssuerKeys {
+    /// Creates the issuer's key store and starts its refresh task, which ends when the store
+    /// is dropped (the snapshot that held it was replaced by one without this issuer).
+    pub fn start(config: IssuerConfig, client: FetchClient) -> Arc<IssuerKeys> {
+        let this = Arc::new(IssuerKeys {
+            config,
+            keys: ArcSwapOption::empty(),
+            generation: watch::channel(0).0,
+            kick: Arc::new(Notify::new()),
+            kick_state: Mutex::new(KickState::default()),
+        });
+        tokio::spawn(refresh_loop(
+            Arc::downgrade(&this),
+            Arc::clone(&this.kick),
+            client,
+        ));
+        this
+    }
+
+    pub fn keys(&self) -> Option<Arc<KeySet>> {
+        self.keys.load_full()
+    }
+
+    pub fn has_keys(&self) -> bool {
+        self.keys.load().is_some()
+    }
+
+    /// Waits until the first fetch attempt has finished, or `limit` passes.
+    pub async fn first_attempt(&self, limit: Duration) {
+        let mut rx = self.generation.subscribe();
+        let _ = tokio::time::timeout(limit, rx.wait_for(|g| *g > 0)).await;
+    }
+
+    /// Called for a token whose kid is not in the current set. Asks for at most one re-fetch
+    /// per `kid_miss_cooldown`; every request that arrives while that fetch is in flight waits
+    /// for its result. Returns the key set to look in again, or `None` when no fetch happened.
+    pub async fn refetch_for_unknown_kid(&self) -> Option<Arc<KeySet>> {
+        let mut rx = self.generation.subscribe();
+        let current = *rx.borrow_and_update();
+        {
+            let mut st = self
+                .kick_state
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let in_flight = st.in_flight == Some(current);
+            if !in_flight {
+                let cooling = st
+                    .last
+                    .is_some_and(|t| t.elapsed() < self.config.kid_miss_cooldown);
+                if cooling {
+                    return None;
+                }
+                st.last = Some(Instant::now());
+                st.in_flight = Some(current);
+                self.kick.notify_one();
+            }
+        }
+        let _ = tokio::time::timeout(KID_MISS_WAIT, rx.wait_for(|g| *g != current)).await;
+        self.keys()
+    }
+
+    async fn fetch_once(&self, client: &FetchClient) -> Result<Option<Duration>, String> {
+        let (bytes, max_age) = match &self.config.source {
+            KeySource::File(path) => (
+                tokio::fs::read(path)
+                    .await
+                    .map(Bytes::from)
+                    .map_err(|e| format!("{}: {e}", path.display()))?,
+                None,
+            ),
+            KeySource::Uri(uri) => get(client, uri).await?,
+            KeySource::Discovery => {
+                let url = format!(
+                    "{}/.well-known/openid-configuration",
+                    self.config.issuer.trim_end_matches('/')
+                );
+                let (doc, _) = get(client, &url).await?;
+                #[derive(Deserialize)]
+                struct Discovery {
+                    jwks_uri: String,
+                }
+                let d: Discovery = serde_json::from_slice(&doc)
+                    .map_err(|e| format!("{url}: not an OpenID configuration: {e}"))?;
+                get(client, &d.jwks_uri).await?
+            }
+        };
+        let set = KeySet::parse(&bytes, &self.config.algorithms).map_err(|e| e.to_string())?;
+        // A good answer replaces the keys whole; a bad one returned early above and the last
+        // good keys stay.
+        self.keys.store(Some(Arc::new(set)));
+        Ok(max_age)
+    }
+}
+
+async fn get(client: &FetchClient, url: &str) -> Result<(Bytes, Option<Duration>), String> {
+    let uri: http::Uri = url.parse().map_err(|_| format!("{url}: not a URL"))?;
+    let req = http::Request::get(uri)
+        .header(http::header::ACCEPT, "application/json")
+        .body(Empty::new())
+        .map_err(|e| e.to_string())?;
+    let resp = tokio::time::timeout(FETCH_TIMEOUT, client.request(req))
+        .await
+        .map_err(|_| format!("{url}: timed out"))?
+        .map_err(|e| format!("{url}: {e}"))?;
+    if !resp.status().is_success() {
+        return Err(format!("{url}: HTTP {}", resp.status()));
+    }
+    let max_age = resp
+        .headers()
+        .get_all(http::header::CACHE_CONTROL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(max_age);
+    let body = tokio::time::timeout(
+        FETCH_TIMEOUT,
+        Limited::new(resp.into_body(), MAX_DOCUMENT).collect(),
+    )
+    .await
+    .map_err(|_| format!("{url}: timed out reading the body"))?
+    .map_err(|e| format!("{url}: {e}"))?;
+    Ok((body.to_bytes(), max_age))
+}
+
+/// `max-age=N` from a Cache-Control value.
+fn max_age(value: &str) -> Option<Duration> {
+    value.split(',').find_map(|d| {
+        let (k, v) = d.trim().split_once('=')?;
+        if k.trim().eq_ignore_ascii_case("max-age") {
+            v.trim()
+                .trim_matches('"')
+                .parse()
+                .ok()
+                .map(Duration::from_secs)
+        } else {
+            None
+        }
+    })
+}
+
+/// Keeps one issuer's keys fresh: every `refresh` (sooner when Cache-Control max-age says so),
+/// at once when kicked by an unknown kid, and with capped exponential backoff plus jitter
+/// after a failure. Holds only a weak reference between rounds so a dropped issuer stops it.
+async fn refresh_loop(weak: Weak<IssuerKeys>, kick: Arc<Notify>, client: FetchClient) {
+    const MIN_WAIT: Duration = Duration::from_secs(1);
+    let mut backoff = MIN_WAIT;
+    loop {
+        let wait = {
+            let Some(this) = weak.upgrade() else { return };
+            let refresh = this.config.refresh.max(MIN_WAIT);
+            let wait = match this.fetch_once(&client).await {
+                Ok(max_age) => {
+                    tracing::debug!(issuer = %this.config.issuer, keys = this.keys().map_or(0, |k| k.len()), "jwks loaded");
+                    backoff = MIN_WAIT;
+                    max_age.map_or(refresh, |m| m.clamp(MIN_WAIT, refresh))
+                }
+                Err(error) => {
+                    tracing::warn!(issuer = %this.config.issuer, %error, have_keys = this.has_keys(), "jwks fetch failed; keeping the last good keys");
+                    let cap = refresh.min(Duration::from_secs(60));
+                    let jitter = backoff.mul_f64(fastrand::f64() * 0.5);
+                    let wait = (backoff + jitter).min(cap);
+                    backoff = (backoff * 2).min(cap);
+                    wait
+                }
+            };
+            this.generation.send_modify(|g| *g += 1);
+            wait
+        };
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            () = kick.notified() => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const RSA_JWK: &str = r#"{"kty":"RSA","kid":"r1","use":"sig","n":"sXchDaQebHnPiGvyDOAT4saGEUetSyo9MKLOoWFsueri23bOdgWp4Dy1WlUzewbgBHod5pcM9H95GQRV3JDXboIRROSBigeC5yjU1hGzHHyXss8UDprecbAYxknTcQkhslANGRUZmdTOQ5qTRsLAt6BTYuyvVRdhS8exSZEy_c4gs_7svlJJQ4H9_NxsiIoLwAEk7-Q3UXERGYw_75IDrGA84-lA_-Ct4eTlXHBIY2EaV7t7LjJaynVJCpkv4LKjTTAumiGUIuQhrNhZLuF_RJLqHpM2kgWFLU7-VTdL1VbC2tejvcI2BlMkEpk1BzBZI0KQB0GaDWFLN-aEAw3vRw","e":"AQAB"}"#;
+
+    #[test]
+    fn drops_what_cannot_verify_here() {
+        let doc = format!(
+            r#"{{"keys":[{RSA_JWK},
+            {{"kty":"oct","kid":"h","k":"c2VjcmV0"}},
+            {{"kty":"RSA","kid":"enc","use":"enc","n":"AQAB","e":"AQAB"}},
+            {{"kty":"EC","kid":"e1","crv":"P-256","alg":"ES256","x":"f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU","y":"x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"}}]}}"#
+        );
+        let rs_only = KeySet::parse(doc.as_bytes(), &[Algorithm::RS256]).unwrap();
+        assert_eq!(rs_only.len(), 1);
+        assert_eq!(
+            rs_only.get("r1").unwrap().algorithms,
+            vec![Algorithm::RS256]
+        );
+        let both = KeySet::parse(
+            doc.as_bytes(),
+            &[Algorithm::RS256, Algorithm::PS256, Algorithm::ES256],
+        )
+        .unwrap();
+        assert_eq!(both.len(), 2);
+        assert_eq!(
+            both.get("r1").unwrap().algorithms,
+            vec![Algorithm::RS256, Algorithm::PS256]
+        );
+        assert!(both.get("h").is_none() && both.get("enc").is_none());
+    }
+
+    #[test]
+    fn a_named_alg_outside_the_allow_list_drops_the_key() {
+        let doc = RSA_JWK.replace(r#""use":"sig""#, r#""use":"sig","alg":"RS512""#);
+        let doc = format!(r#"{{"keys":[{doc}]}}"#);
+        assert_eq!(
+            KeySet::parse(doc.as_bytes(), &[Algorithm::RS256]).err(),
+            Some(JwksError::NoUsableKey)
+        );
+    }
+
+    #[test]
+    fn garbage_is_an_error() {
+        assert!(matches!(
+            KeySet::parse(b"<html>", &[Algorithm::RS256]),
+            Err(JwksError::Json(_))
+        ));
+        assert_eq!(
+            KeySet::parse(br#"{"keys":[]}"#, &[Algorithm::RS256]).err(),
+            Some(JwksError::NoUsableKey)
+        );
+    }
+
+    #[test]
+    fn cache_control_max_age() {
+        assert_eq!(
+            max_age("public, max-age=120"),
+            Some(Duration::from_secs(120))
+        );
+        assert_eq!(max_age("no-cache"), None);
+    }
+}

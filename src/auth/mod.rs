@@ -1,0 +1,6 @@
+//! Bearer-token authentication: extract -> verify (keys from `jwks`) -> scope.
+
+pub mod extract;
+pub mod jwks;
+pub mod scope;
+pub mod verify;

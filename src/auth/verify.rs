@@ -1,0 +1,292 @@
+//! Token verification: header and claims decoded once, the key chosen by `iss` and `kid`, the
+//! algorithm checked against what that key allows (never taken from the token alone), the
+//! signature verified, then the time, audience and `token_use` checks. A verified token becomes
+//! a [`Principal`], cached until (never after) the token's `exp`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use http::{HeaderName, HeaderValue};
+use jsonwebtoken::Algorithm;
+use serde::Deserialize;
+
+use crate::auth::jwks::{IssuerKeys, KeyEntry, KeySet};
+use crate::error::{AuthFailure, Reject};
+
+pub const X_AUTH_SUB: HeaderName = HeaderName::from_static("x-auth-sub");
+pub const X_AUTH_CLIENT_ID: HeaderName = HeaderName::from_static("x-auth-client-id");
+pub const X_AUTH_SCOPE: HeaderName = HeaderName::from_static("x-auth-scope");
+pub const X_AUTH_ISSUER: HeaderName = HeaderName::from_static("x-auth-issuer");
+
+/// Who a verified token speaks for.
+#[derive(Debug)]
+pub struct Principal {
+    pub sub: String,
+    pub client_id: String,
+    /// Space-separated, as in the `scope` claim.
+    pub scope: String,
+    pub issuer: String,
+    pub exp: u64,
+    /// The identity headers, built once per verified token rather than once per request.
+    pub identity: Vec<(HeaderName, HeaderValue)>,
+}
+
+impl Principal {
+    pub fn has_scope(&self, wanted: &str) -> bool {
+        self.scope.split(' ').any(|s| s == wanted)
+    }
+}
+
+#[derive(Deserialize)]
+struct JoseHeader {
+    alg: String,
+    kid: Option<String>,
+    /// Critical extensions: this verifier understands none (RFC 7515 §4.1.11).
+    crit: Option<serde::de::IgnoredAny>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    fn contains_any(&self, wanted: &[String]) -> bool {
+        match self {
+            OneOrMany::One(s) => wanted.contains(s),
+            OneOrMany::Many(v) => v.iter().any(|s| wanted.contains(s)),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct Claims {
+    iss: Option<String>,
+    sub: Option<String>,
+    aud: Option<OneOrMany>,
+    client_id: Option<String>,
+    token_use: Option<String>,
+    scope: Option<String>,
+    scp: Option<OneOrMany>,
+    exp: Option<f64>,
+    nbf: Option<f64>,
+    iat: Option<f64>,
+}
+
+pub type TokenCache = quick_cache::sync::Cache<String, Arc<Principal>>;
+
+/// Everything needed to turn a token into a principal, for one config snapshot.
+pub struct Verifier {
+    issuers: HashMap<String, Arc<IssuerKeys>>,
+    leeway: u64,
+    cache: Option<TokenCache>,
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn b64_json<T: for<'de> Deserialize<'de>>(part: &str) -> Result<T, AuthFailure> {
+    let bytes = URL_SAFE_NO_PAD
+        .decode(part)
+        .map_err(|_| AuthFailure::Malformed)?;
+    serde_json::from_slice(&bytes).map_err(|_| AuthFailure::Malformed)
+}
+
+fn parse_alg(name: &str) -> Option<Algorithm> {
+    // "none" and unknown names fail to parse: they can never be allowed.
+    name.parse().ok()
+}
+
+impl Verifier {
+    pub fn new(
+        issuers: HashMap<String, Arc<IssuerKeys>>,
+        leeway: Duration,
+        cache_entries: usize,
+    ) -> Verifier {
+        Verifier {
+            issuers,
+            leeway: leeway.as_secs(),
+            cache: (cache_entries > 0).then(|| TokenCache::new(cache_entries)),
+        }
+    }
+
+    pub fn issuers(&self) -> impl Iterator<Item = &Arc<IssuerKeys>> {
+        self.issuers.values()
+    }
+
+    /// Verifies `token`, from the cache when it was verified before and has not expired.
+    pub async fn verify(&self, token: &str) -> Result<Arc<Principal>, Reject> {
+        let now = now_secs();
+        if let Some(cache) = &self.cache {
+            if let Some(p) = cache.get(token) {
+                if now < p.exp {
+                    return Ok(p);
+                }
+                cache.remove(token);
+            }
+        }
+        let principal = Arc::new(self.verify_uncached(token, now).await?);
+        if let Some(cache) = &self.cache {
+            if now < principal.exp {
+                cache.insert(token.to_owned(), Arc::clone(&principal));
+            }
+        }
+        Ok(principal)
+    }
+
+    async fn verify_uncached(&self, token: &str, now: u64) -> Result<Principal, Reject> {
+        let unauthorized = Reject::Unauthorized;
+        let mut parts = token.split('.');
+        let (Some(h), Some(c), Some(sig), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(unauthorized(AuthFailure::Malformed));
+        };
+        let header: JoseHeader = b64_json(h).map_err(unauthorized)?;
+        let claims: Claims = b64_json(c).map_err(unauthorized)?;
+        if header.crit.is_some() {
+            return Err(unauthorized(AuthFailure::Malformed));
+        }
+        let iss = claims
+            .iss
+            .as_deref()
+            .ok_or(unauthorized(AuthFailure::WrongIssuer))?;
+        let issuer = self
+            .issuers
+            .get(iss)
+            .ok_or(unauthorized(AuthFailure::WrongIssuer))?;
+        let alg = parse_alg(&header.alg)
+            .filter(|a| issuer.config.algorithms.contains(a))
+            .ok_or(unauthorized(AuthFailure::DisallowedAlg))?;
+        // An issuer that has never had keys cannot judge any token: that is our outage, not
+        // the client's fault, so it is a 503 rather than a 401.
+        let keys = issuer.keys().ok_or(Reject::KeysUnavailable)?;
+        let message = &token.as_bytes()[..h.len() + 1 + c.len()];
+        let entry = match find_key(&keys, header.kid.as_deref(), alg, message, sig) {
+            Lookup::Verified(entry) => entry,
+            Lookup::Failed(f) => return Err(unauthorized(f)),
+            Lookup::UnknownKid => {
+                let fresh = issuer.refetch_for_unknown_kid().await;
+                match fresh.map(|k| find_key(&k, header.kid.as_deref(), alg, message, sig)) {
+                    Some(Lookup::Verified(entry)) => entry,
+                    Some(Lookup::Failed(f)) => return Err(unauthorized(f)),
+                    Some(Lookup::UnknownKid) | None => {
+                        return Err(unauthorized(AuthFailure::UnknownKid))
+                    }
+                }
+            }
+        };
+        drop(entry);
+
+        // Time claims, with leeway for clock skew. `exp` is required: a token that never
+        // expires would also live in the cache forever.
+        let leeway = self.leeway as f64;
+        let now_f = now as f64;
+        let exp = claims.exp.ok_or(unauthorized(AuthFailure::Malformed))?;
+        if !exp.is_finite() || now_f > exp + leeway {
+            return Err(unauthorized(AuthFailure::Expired));
+        }
+        for t in [claims.nbf, claims.iat].into_iter().flatten() {
+            if !t.is_finite() || now_f + leeway < t {
+                return Err(unauthorized(AuthFailure::NotYetValid));
+            }
+        }
+        let cfg = &issuer.config;
+        if !cfg.audiences.is_empty() {
+            let ok = match &claims.aud {
+                Some(aud) => aud.contains_any(&cfg.audiences),
+                // Cognito access tokens carry no `aud`; their `client_id` plays that part.
+                None => claims
+                    .client_id
+                    .as_ref()
+                    .is_some_and(|c| cfg.audiences.contains(c)),
+            };
+            if !ok {
+                return Err(unauthorized(AuthFailure::WrongAudience));
+            }
+        }
+        if let Some(want) = &cfg.token_use {
+            if claims.token_use.as_ref() != Some(want) {
+                return Err(unauthorized(AuthFailure::WrongTokenUse));
+            }
+        }
+        let scope = match (claims.scope, claims.scp) {
+            (Some(s), _) => s.split_whitespace().collect::<Vec<_>>().join(" "),
+            (None, Some(OneOrMany::One(s))) => s.split_whitespace().collect::<Vec<_>>().join(" "),
+            (None, Some(OneOrMany::Many(v))) => v.join(" "),
+            (None, None) => String::new(),
+        };
+        let client_id = claims
+            .client_id
+            .or_else(|| claims.sub.clone())
+            .unwrap_or_default();
+        let sub = claims.sub.unwrap_or_else(|| client_id.clone());
+        let identity = [
+            (X_AUTH_SUB, &sub),
+            (X_AUTH_CLIENT_ID, &client_id),
+            (X_AUTH_SCOPE, &scope),
+            (X_AUTH_ISSUER, &cfg.issuer),
+        ]
+        .into_iter()
+        // A claim that cannot be a header value (control characters) is not forwarded.
+        .filter_map(|(n, v)| HeaderValue::from_bytes(v.as_bytes()).ok().map(|v| (n, v)))
+        .collect();
+        Ok(Principal {
+            sub,
+            client_id,
+            scope,
+            issuer: cfg.issuer.clone(),
+            // Truncation floors the expiry: a cache entry may die early, never late.
+            exp: exp.max(0.0) as u64,
+            identity,
+        })
+    }
+}
+
+enum Lookup {
+    Verified(Arc<KeyEntry>),
+    Failed(AuthFailure),
+    UnknownKid,
+}
+
+fn check(entry: &Arc<KeyEntry>, alg: Algorithm, message: &[u8], sig: &str) -> Lookup {
+    if !entry.algorithms.contains(&alg) {
+        return Lookup::Failed(AuthFailure::DisallowedAlg);
+    }
+    match jsonwebtoken::crypto::verify(sig, message, &entry.key, alg) {
+        Ok(true) => Lookup::Verified(Arc::clone(entry)),
+        Ok(false) | Err(_) => Lookup::Failed(AuthFailure::BadSignature),
+    }
+}
+
+fn find_key(keys: &KeySet, kid: Option<&str>, alg: Algorithm, message: &[u8], sig: &str) -> Lookup {
+    match kid {
+        Some(kid) => match keys.get(kid) {
+            Some(entry) => check(entry, alg, message, sig),
+            None => Lookup::UnknownKid,
+        },
+        // No kid: try the keys that allow this algorithm (sets are small).
+        None => {
+            let mut tried = false;
+            for entry in keys.all().filter(|e| e.algorithms.contains(&alg)) {
+                tried = true;
+                if let Lookup::Verified(e) = check(entry, alg, message, sig) {
+                    return Lookup::Verified(e);
+                }
+            }
+            if tried {
+                Lookup::Failed(AuthFailure::BadSignature)
+            } else {
+                Lookup::UnknownKid
+            }
+        }
+    }
+}

@@ -1,0 +1,1076 @@
+//! gateway.toml: strict TOML -> raw structs -> `validate()` -> an immutable [`Config`].
+//!
+//! Unknown keys are errors (a typo must not silently disable security). Every string goes
+//! through `${NAME}` expansion as it is deserialized, so an unset variable is reported at the
+//! position of the string that names it. Parse errors stop at the first problem (that is how
+//! TOML parsers work); validation then reports every problem it finds in one pass.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue, Method, StatusCode};
+use jsonwebtoken::Algorithm;
+use serde::{Deserialize, Deserializer};
+use toml::Spanned;
+
+use crate::error::ScopeFailureStatus;
+
+// ---------------------------------------------------------------------------------------------
+// Diagnostics
+
+/// One config problem, printed as `FILE:LINE:COL: message` (or `FILE: message`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Diag {
+    pub file: PathBuf,
+    pub pos: Option<(usize, usize)>,
+    pub message: String,
+}
+
+impl fmt::Display for Diag {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.pos {
+            Some((line, col)) => {
+                write!(f, "{}:{line}:{col}: {}", self.file.display(), self.message)
+            }
+            None => write!(f, "{}: {}", self.file.display(), self.message),
+        }
+    }
+}
+
+/// Every problem found in one config file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError(pub Vec<Diag>);
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, d) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{d}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// A byte span in the config text, resolved to line and column when reported.
+pub type Span = std::ops::Range<usize>;
+
+struct Diags<'a> {
+    file: &'a Path,
+    text: &'a str,
+    list: Vec<Diag>,
+}
+
+impl<'a> Diags<'a> {
+    fn at(&mut self, span: &Span, message: impl Into<String>) {
+        let pos = Some(line_col(self.text, span.start));
+        self.list.push(Diag {
+            file: self.file.to_owned(),
+            pos,
+            message: message.into(),
+        });
+    }
+    fn whole(&mut self, message: impl Into<String>) {
+        self.list.push(Diag {
+            file: self.file.to_owned(),
+            pos: None,
+            message: message.into(),
+        });
+    }
+}
+
+/// 1-based line and column (in characters) of a byte offset.
+pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let col = text[line_start..offset].chars().count() + 1;
+    (line, col)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Raw values: strings with ${ENV} expansion, durations
+
+/// A string after `${NAME}` expansion.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Str(String);
+
+impl<'de> Deserialize<'de> for Str {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = String::deserialize(d)?;
+        expand_env(&raw).map(Str).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Replaces each `${NAME}` with the environment variable `NAME`; an unset one is an error.
+pub fn expand_env(raw: &str) -> Result<String, String> {
+    let mut out = String::with_capacity(raw.len());
+    let mut rest = raw;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let Some(end) = after.find('}') else {
+            return Err(format!("unterminated ${{ in {raw:?}"));
+        };
+        let name = &after[..end];
+        let valid =
+            !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+        if !valid {
+            return Err(format!("invalid environment variable name {name:?}"));
+        }
+        match std::env::var(name) {
+            Ok(v) => out.push_str(&v),
+            Err(_) => return Err(format!("environment variable {name} is not set")),
+        }
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// A duration written like `"250ms"`, `"30s"`, `"5m"`, `"1h"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Dur(Duration);
+
+impl<'de> Deserialize<'de> for Dur {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let Str(s) = Str::deserialize(d)?;
+        parse_duration(&s)
+            .map(Dur)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s.trim())
+        .map_err(|_| format!("invalid duration {s:?}: expected a number and a unit, like \"250ms\", \"30s\", \"5m\" or \"1h\""))
+}
+
+// ---------------------------------------------------------------------------------------------
+// The file as written
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    server: RawServer,
+    #[serde(default)]
+    log: RawLog,
+    #[serde(default)]
+    auth: RawAuth,
+    #[serde(default)]
+    upstreams: BTreeMap<String, Spanned<RawUpstream>>,
+    #[serde(default)]
+    routes: Vec<Spanned<RawRoute>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    listen: Option<Spanned<Str>>,
+    admin_listen: Option<Spanned<Str>>,
+    request_timeout: Option<Dur>,
+    header_read_timeout: Option<Dur>,
+    max_header_bytes: Option<Spanned<i64>>,
+    max_connections: Option<Spanned<i64>>,
+    shutdown_grace: Option<Dur>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    format: Option<Spanned<Str>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawAuth {
+    header: Option<Spanned<Str>>,
+    leeway: Option<Dur>,
+    scope_failure_status: Option<Spanned<i64>>,
+    cache_entries: Option<Spanned<i64>>,
+    forward_token: Option<bool>,
+    identity_headers: Option<bool>,
+    #[serde(default)]
+    issuers: Vec<Spanned<RawIssuer>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawIssuer {
+    issuer: Spanned<Str>,
+    jwks_uri: Option<Spanned<Str>>,
+    jwks_file: Option<Spanned<Str>>,
+    discovery: Option<Spanned<bool>>,
+    audiences: Option<Vec<Str>>,
+    token_use: Option<Str>,
+    algorithms: Option<Spanned<Vec<Spanned<Str>>>>,
+    refresh: Option<Dur>,
+    kid_miss_cooldown: Option<Dur>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUpstream {
+    url: Spanned<Str>,
+    connect_timeout: Option<Dur>,
+    ca_file: Option<Spanned<Str>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRoute {
+    path: Spanned<Str>,
+    methods: Option<Spanned<Vec<Spanned<Str>>>>,
+    scopes: Option<Vec<Str>>,
+    scopes_all: Option<Vec<Str>>,
+    auth: Option<Spanned<Str>>,
+    upstream: Option<Spanned<Str>>,
+    response: Option<Spanned<RawMock>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMock {
+    status: Option<Spanned<i64>>,
+    content_type: Option<Spanned<Str>>,
+    body: Option<Str>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// The validated config
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file this was read from; relative paths inside it were resolved against its directory.
+    pub path: PathBuf,
+    pub server: ServerConfig,
+    pub log: LogFormat,
+    pub auth: AuthConfig,
+    pub upstreams: Vec<UpstreamConfig>,
+    pub routes: Vec<RouteConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub admin_listen: Option<SocketAddr>,
+    pub request_timeout: Duration,
+    pub header_read_timeout: Duration,
+    pub max_header_bytes: usize,
+    pub max_connections: usize,
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Json,
+    Text,
+}
+
+#[derive(Debug, Clone)]
+pub struct AuthConfig {
+    pub header: HeaderName,
+    pub leeway: Duration,
+    pub scope_failure_status: ScopeFailureStatus,
+    pub cache_entries: usize,
+    pub forward_token: bool,
+    pub identity_headers: bool,
+    pub issuers: Vec<IssuerConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum KeySource {
+    Uri(String),
+    File(PathBuf),
+    /// `{issuer}/.well-known/openid-configuration` names the `jwks_uri`.
+    Discovery,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IssuerConfig {
+    pub issuer: String,
+    pub source: KeySource,
+    pub audiences: Vec<String>,
+    pub token_use: Option<String>,
+    pub algorithms: Vec<Algorithm>,
+    pub refresh: Duration,
+    pub kid_miss_cooldown: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamConfig {
+    pub name: String,
+    /// scheme://authority with the path prefix (no trailing slash) split off.
+    pub scheme_authority: String,
+    pub path_prefix: String,
+    pub https: bool,
+    pub connect_timeout: Duration,
+    pub ca_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Methods {
+    Any,
+    /// Sorted, no duplicates.
+    Only(Vec<Method>),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RouteAuth {
+    None,
+    Jwt {
+        /// The token needs at least one of these (empty: no requirement).
+        any_of: Vec<String>,
+        /// ... and all of these.
+        all_of: Vec<String>,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MockResponse {
+    pub status: StatusCode,
+    pub content_type: HeaderValue,
+    pub body: Bytes,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Index into `Config::upstreams`.
+    Upstream(usize),
+    Mock(MockResponse),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteConfig {
+    pub path: String,
+    pub methods: Methods,
+    pub auth: RouteAuth,
+    pub action: Action,
+    /// Where the route was written, for overlap errors and logs.
+    pub span: Span,
+}
+
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
+
+impl Config {
+    /// Reads, parses and validates the file. Used at start-up, by `check`, and by reloads.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigError(vec![Diag {
+                file: path.to_owned(),
+                pos: None,
+                message: format!("cannot read: {e}"),
+            }])
+        })?;
+        Config::parse(path, &text)
+    }
+
+    /// Parses and validates `text` as if read from `path`.
+    pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        let mut diags = Diags {
+            file: path,
+            text,
+            list: Vec::new(),
+        };
+        let raw: RawConfig = match toml::from_str(text) {
+            Ok(raw) => raw,
+            Err(e) => {
+                let message = e.message().trim().to_owned();
+                match e.span() {
+                    Some(span) => diags.at(&span, message),
+                    None => diags.whole(message),
+                }
+                return Err(ConfigError(diags.list));
+            }
+        };
+        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        let config = validate(raw, path, &base, &mut diags);
+        if diags.list.is_empty() {
+            let config = config.expect("validate returns a config whenever it reports no problem");
+            // The route table reports overlaps with positions, so it is built as part of
+            // validation: a config that loads always compiles.
+            if let Err(errs) = crate::route::Table::build(&config.routes) {
+                for (span, msg) in errs {
+                    diags.at(&span, msg);
+                }
+                return Err(ConfigError(diags.list));
+            }
+            Ok(config)
+        } else {
+            Err(ConfigError(diags.list))
+        }
+    }
+
+    /// The one-screen summary printed by `scopegate check`.
+    pub fn summary(&self) -> String {
+        use std::fmt::Write as _;
+        let mut s = String::new();
+        let _ = writeln!(s, "config {} is valid", self.path.display());
+        let _ = writeln!(s, "listeners:");
+        let _ = writeln!(s, "  data  {}", self.server.listen);
+        match self.server.admin_listen {
+            Some(a) => {
+                let _ = writeln!(s, "  admin {a}");
+            }
+            None => {
+                let _ = writeln!(s, "  admin (disabled)");
+            }
+        }
+        let _ = writeln!(s, "issuers: {}", self.auth.issuers.len());
+        for i in &self.auth.issuers {
+            let src = match &i.source {
+                KeySource::Uri(u) => format!("jwks_uri {u}"),
+                KeySource::File(p) => format!("jwks_file {}", p.display()),
+                KeySource::Discovery => "discovery".to_owned(),
+            };
+            let algs: Vec<_> = i.algorithms.iter().map(|a| format!("{a:?}")).collect();
+            let _ = writeln!(s, "  {} ({src}; {})", i.issuer, algs.join(","));
+        }
+        let _ = writeln!(s, "upstreams: {}", self.upstreams.len());
+        for u in &self.upstreams {
+            let _ = writeln!(s, "  {} -> {}{}", u.name, u.scheme_authority, u.path_prefix);
+        }
+        let _ = writeln!(s, "routes: {}", self.routes.len());
+        for r in &self.routes {
+            let methods = match &r.methods {
+                Methods::Any => "ANY".to_owned(),
+                Methods::Only(m) => m.iter().map(Method::as_str).collect::<Vec<_>>().join(","),
+            };
+            let auth = match &r.auth {
+                RouteAuth::None => "public".to_owned(),
+                RouteAuth::Jwt { any_of, all_of } => {
+                    let mut parts = vec!["jwt".to_owned()];
+                    if !any_of.is_empty() {
+                        parts.push(format!("any of [{}]", any_of.join(" ")));
+                    }
+                    if !all_of.is_empty() {
+                        parts.push(format!("all of [{}]", all_of.join(" ")));
+                    }
+                    parts.join(", ")
+                }
+            };
+            let target = match &r.action {
+                Action::Upstream(i) => format!("-> {}", self.upstreams[*i].name),
+                Action::Mock(m) => format!("-> mock {}", m.status.as_u16()),
+            };
+            let _ = writeln!(s, "  {methods:<10} {:<30} {auth:<40} {target}", r.path);
+        }
+        s
+    }
+}
+
+fn validate(raw: RawConfig, path: &Path, base: &Path, d: &mut Diags<'_>) -> Option<Config> {
+    let server = validate_server(raw.server, d);
+    let log = match raw.log.format {
+        None => LogFormat::Json,
+        Some(f) => match f.get_ref().0.as_str() {
+            "json" => LogFormat::Json,
+            "text" => LogFormat::Text,
+            other => {
+                d.at(
+                    &f.span(),
+                    format!("log.format must be \"json\" or \"text\", not {other:?}"),
+                );
+                LogFormat::Json
+            }
+        },
+    };
+    let auth = validate_auth(raw.auth, base, d);
+    let mut upstreams = Vec::new();
+    for (name, u) in raw.upstreams {
+        if let Some(u) = validate_upstream(name, u, base, d) {
+            upstreams.push(u);
+        }
+    }
+    let mut routes = Vec::new();
+    for r in raw.routes {
+        if let Some(r) = validate_route(r, &upstreams, d) {
+            routes.push(r);
+        }
+    }
+    let (server, auth) = (server?, auth?);
+    Some(Config {
+        path: path.to_owned(),
+        server,
+        log,
+        auth,
+        upstreams,
+        routes,
+    })
+}
+
+fn validate_server(s: RawServer, d: &mut Diags<'_>) -> Option<ServerConfig> {
+    let mut ok = true;
+    let mut addr = |v: Option<Spanned<Str>>, key: &str, d: &mut Diags<'_>| -> Option<SocketAddr> {
+        let v = v?;
+        match v.get_ref().0.parse::<SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                d.at(
+                    &v.span(),
+                    format!(
+                        "server.{key} must be IP:PORT, like \"0.0.0.0:8080\", not {:?}",
+                        v.get_ref().0
+                    ),
+                );
+                ok = false;
+                None
+            }
+        }
+    };
+    let listen = addr(s.listen, "listen", d)
+        .unwrap_or_else(|| DEFAULT_LISTEN.parse().expect("valid default"));
+    let admin_listen = addr(s.admin_listen, "admin_listen", d);
+    let max_header_bytes = positive(s.max_header_bytes, "server.max_header_bytes", 16384, d);
+    let max_connections = positive(s.max_connections, "server.max_connections", 10000, d);
+    if !ok {
+        return None;
+    }
+    Some(ServerConfig {
+        listen,
+        admin_listen,
+        request_timeout: s.request_timeout.map_or(Duration::from_secs(30), |v| v.0),
+        header_read_timeout: s
+            .header_read_timeout
+            .map_or(Duration::from_secs(10), |v| v.0),
+        max_header_bytes: max_header_bytes?,
+        max_connections: max_connections?,
+        shutdown_grace: s.shutdown_grace.map_or(Duration::from_secs(20), |v| v.0),
+    })
+}
+
+fn positive(
+    v: Option<Spanned<i64>>,
+    key: &str,
+    default: usize,
+    d: &mut Diags<'_>,
+) -> Option<usize> {
+    match v {
+        None => Some(default),
+        Some(v) => match usize::try_from(*v.get_ref()) {
+            Ok(n) if n > 0 => Some(n),
+            _ => {
+                d.at(&v.span(), format!("{key} must be a positive integer"));
+                None
+            }
+        },
+    }
+}
+
+fn validate_auth(a: RawAuth, base: &Path, d: &mut Diags<'_>) -> Option<AuthConfig> {
+    let mut ok = true;
+    let header = match a.header {
+        None => HeaderName::from_static("authorization"),
+        Some(h) => match HeaderName::from_bytes(h.get_ref().0.to_ascii_lowercase().as_bytes()) {
+            Ok(n) => n,
+            Err(_) => {
+                d.at(
+                    &h.span(),
+                    format!("auth.header {:?} is not a valid header name", h.get_ref().0),
+                );
+                ok = false;
+                HeaderName::from_static("authorization")
+            }
+        },
+    };
+    let scope_failure_status = match a.scope_failure_status {
+        None => ScopeFailureStatus::Unauthorized,
+        Some(s) => match *s.get_ref() {
+            401 => ScopeFailureStatus::Unauthorized,
+            403 => ScopeFailureStatus::Forbidden,
+            other => {
+                d.at(
+                    &s.span(),
+                    format!("auth.scope_failure_status must be 401 or 403, not {other}"),
+                );
+                ok = false;
+                ScopeFailureStatus::Unauthorized
+            }
+        },
+    };
+    let cache_entries = match a.cache_entries {
+        None => 65536,
+        Some(c) => match usize::try_from(*c.get_ref()) {
+            Ok(n) => n,
+            Err(_) => {
+                d.at(
+                    &c.span(),
+                    "auth.cache_entries must be 0 or a positive integer",
+                );
+                ok = false;
+                0
+            }
+        },
+    };
+    let mut issuers = Vec::new();
+    let mut seen: HashSet<String> = HashSet::new();
+    for i in a.issuers {
+        let span = i.span();
+        if let Some(iss) = validate_issuer(i.into_inner(), &span, base, d) {
+            if !seen.insert(iss.issuer.clone()) {
+                d.at(
+                    &span,
+                    format!("issuer {:?} is configured twice", iss.issuer),
+                );
+                ok = false;
+            }
+            issuers.push(iss);
+        } else {
+            ok = false;
+        }
+    }
+    ok.then(|| AuthConfig {
+        header,
+        leeway: a.leeway.map_or(Duration::from_secs(60), |v| v.0),
+        scope_failure_status,
+        cache_entries,
+        forward_token: a.forward_token.unwrap_or(true),
+        identity_headers: a.identity_headers.unwrap_or(true),
+        issuers,
+    })
+}
+
+fn parse_algorithm(name: &str) -> Option<Algorithm> {
+    Some(match name {
+        "RS256" => Algorithm::RS256,
+        "RS384" => Algorithm::RS384,
+        "RS512" => Algorithm::RS512,
+        "PS256" => Algorithm::PS256,
+        "PS384" => Algorithm::PS384,
+        "PS512" => Algorithm::PS512,
+        "ES256" => Algorithm::ES256,
+        "ES384" => Algorithm::ES384,
+        "EdDSA" => Algorithm::EdDSA,
+        _ => return None,
+    })
+}
+
+fn validate_issuer(
+    i: RawIssuer,
+    span: &Span,
+    base: &Path,
+    d: &mut Diags<'_>,
+) -> Option<IssuerConfig> {
+    let mut ok = true;
+    let issuer = i.issuer.get_ref().0.clone();
+    if issuer.is_empty() {
+        d.at(&i.issuer.span(), "issuer must not be empty");
+        ok = false;
+    }
+    let discovery = i.discovery.as_ref().is_some_and(|v| *v.get_ref());
+    let sources = usize::from(i.jwks_uri.is_some())
+        + usize::from(i.jwks_file.is_some())
+        + usize::from(discovery);
+    let source = if sources != 1 {
+        d.at(
+            span,
+            "an issuer needs exactly one key source: jwks_uri, jwks_file or discovery = true",
+        );
+        ok = false;
+        None
+    } else if let Some(u) = &i.jwks_uri {
+        let url = &u.get_ref().0;
+        if !(url.starts_with("http://") || url.starts_with("https://"))
+            || url.parse::<http::Uri>().is_err()
+        {
+            d.at(
+                &u.span(),
+                format!("jwks_uri must be an http:// or https:// URL, not {url:?}"),
+            );
+            ok = false;
+        }
+        Some(KeySource::Uri(url.clone()))
+    } else if let Some(f) = &i.jwks_file {
+        let p = base.join(&f.get_ref().0);
+        match std::fs::read(&p) {
+            Ok(bytes) => {
+                if let Err(e) = crate::auth::jwks::KeySet::parse(&bytes, &[Algorithm::RS256]) {
+                    if !matches!(e, crate::auth::jwks::JwksError::NoUsableKey) {
+                        d.at(&f.span(), format!("jwks_file {}: {e}", p.display()));
+                        ok = false;
+                    }
+                }
+            }
+            Err(e) => {
+                d.at(&f.span(), format!("jwks_file {}: {e}", p.display()));
+                ok = false;
+            }
+        }
+        Some(KeySource::File(p))
+    } else {
+        if !(issuer.starts_with("http://") || issuer.starts_with("https://")) {
+            d.at(
+                &i.issuer.span(),
+                "discovery = true needs an http:// or https:// issuer",
+            );
+            ok = false;
+        }
+        Some(KeySource::Discovery)
+    };
+    let algorithms = match &i.algorithms {
+        None => vec![Algorithm::RS256],
+        Some(list) => {
+            if list.get_ref().is_empty() {
+                d.at(&list.span(), "algorithms must not be empty");
+                ok = false;
+            }
+            let mut algs = Vec::new();
+            for a in list.get_ref() {
+                match parse_algorithm(&a.get_ref().0) {
+                    Some(alg) if !algs.contains(&alg) => algs.push(alg),
+                    Some(_) => {}
+                    None => {
+                        d.at(&a.span(), format!(
+                            "algorithm {:?} is not allowed for a JWKS issuer (one of RS256 RS384 RS512 PS256 PS384 PS512 ES256 ES384 EdDSA; never none or HS*)",
+                            a.get_ref().0
+                        ));
+                        ok = false;
+                    }
+                }
+            }
+            algs
+        }
+    };
+    let refresh = i.refresh.map_or(Duration::from_secs(300), |v| v.0);
+    let kid_miss_cooldown = i.kid_miss_cooldown.map_or(Duration::from_secs(30), |v| v.0);
+    let source = source?;
+    ok.then(|| IssuerConfig {
+        issuer,
+        source,
+        audiences: i
+            .audiences
+            .unwrap_or_default()
+            .into_iter()
+            .map(|s| s.0)
+            .collect(),
+        token_use: i.token_use.map(|s| s.0),
+        algorithms,
+        refresh,
+        kid_miss_cooldown,
+    })
+}
+
+fn validate_upstream(
+    name: String,
+    u: Spanned<RawUpstream>,
+    base: &Path,
+    d: &mut Diags<'_>,
+) -> Option<UpstreamConfig> {
+    let u = u.into_inner();
+    let url_span = u.url.span();
+    let url = u.url.into_inner().0;
+    let uri = match url.parse::<http::Uri>() {
+        Ok(uri) => uri,
+        Err(_) => {
+            d.at(
+                &url_span,
+                format!("upstreams.{name}.url {url:?} is not a valid URL"),
+            );
+            return None;
+        }
+    };
+    let https = match uri.scheme_str() {
+        Some("http") => false,
+        Some("https") => true,
+        _ => {
+            d.at(
+                &url_span,
+                format!("upstreams.{name}.url must start with http:// or https://"),
+            );
+            return None;
+        }
+    };
+    let Some(authority) = uri.authority() else {
+        d.at(&url_span, format!("upstreams.{name}.url has no host"));
+        return None;
+    };
+    if uri.query().is_some() {
+        d.at(
+            &url_span,
+            format!("upstreams.{name}.url must not have a query string"),
+        );
+        return None;
+    }
+    let ca_file = match u.ca_file {
+        None => None,
+        Some(f) => {
+            let p = base.join(&f.get_ref().0);
+            match crate::upstream::read_ca_file(&p) {
+                Ok(_) => Some(p),
+                Err(e) => {
+                    d.at(&f.span(), format!("ca_file {}: {e}", p.display()));
+                    return None;
+                }
+            }
+        }
+    };
+    Some(UpstreamConfig {
+        scheme_authority: format!("{}://{}", if https { "https" } else { "http" }, authority),
+        path_prefix: uri.path().trim_end_matches('/').to_owned(),
+        https,
+        connect_timeout: u.connect_timeout.map_or(Duration::from_secs(2), |v| v.0),
+        ca_file,
+        name,
+    })
+}
+
+fn validate_route(
+    r: Spanned<RawRoute>,
+    upstreams: &[UpstreamConfig],
+    d: &mut Diags<'_>,
+) -> Option<RouteConfig> {
+    let span = r.span();
+    let r = r.into_inner();
+    let mut ok = true;
+    let path_span = r.path.span();
+    let path = r.path.into_inner().0;
+    if let Err(e) = crate::route::check_template(&path) {
+        d.at(&path_span, format!("route path {path:?}: {e}"));
+        ok = false;
+    }
+    let methods = match r.methods {
+        None => Methods::Any,
+        Some(list) => {
+            let mut any = false;
+            let mut only = Vec::new();
+            if list.get_ref().is_empty() {
+                d.at(&list.span(), "methods must not be empty (use [\"ANY\"])");
+                ok = false;
+            }
+            for m in list.get_ref() {
+                let name = &m.get_ref().0;
+                if name == "ANY" {
+                    any = true;
+                } else if name.bytes().all(|b| b.is_ascii_uppercase()) && !name.is_empty() {
+                    match Method::from_bytes(name.as_bytes()) {
+                        Ok(method) if !only.contains(&method) => only.push(method),
+                        Ok(_) => {}
+                        Err(_) => {
+                            d.at(&m.span(), format!("{name:?} is not an HTTP method"));
+                            ok = false;
+                        }
+                    }
+                } else {
+                    d.at(
+                        &m.span(),
+                        format!(
+                            "{name:?} is not an HTTP method (write methods in upper case, or ANY)"
+                        ),
+                    );
+                    ok = false;
+                }
+            }
+            if any && !only.is_empty() {
+                d.at(&list.span(), "ANY cannot be combined with other methods");
+                ok = false;
+            }
+            if any {
+                Methods::Any
+            } else {
+                only.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+                Methods::Only(only)
+            }
+        }
+    };
+    let any_of: Vec<String> = r
+        .scopes
+        .unwrap_or_default()
+        .into_iter()
+        .map(|s| s.0)
+        .collect();
+    let all_of: Vec<String> = r
+        .scopes_all
+        .unwrap_or_default()
+        .into_iter()
+        .map(|s| s.0)
+        .collect();
+    if any_of
+        .iter()
+        .chain(&all_of)
+        .any(|s| s.is_empty() || s.contains(' '))
+    {
+        d.at(&span, "a scope must be non-empty and contain no spaces");
+        ok = false;
+    }
+    let auth = match r.auth {
+        None => RouteAuth::Jwt { any_of, all_of },
+        Some(a) => match a.get_ref().0.as_str() {
+            "jwt" => RouteAuth::Jwt { any_of, all_of },
+            "none" => {
+                if !any_of.is_empty() || !all_of.is_empty() {
+                    d.at(
+                        &a.span(),
+                        "a route with auth = \"none\" cannot require scopes",
+                    );
+                    ok = false;
+                }
+                RouteAuth::None
+            }
+            other => {
+                d.at(
+                    &a.span(),
+                    format!("auth must be \"jwt\" or \"none\", not {other:?}"),
+                );
+                ok = false;
+                RouteAuth::None
+            }
+        },
+    };
+    let action = match (r.upstream, r.response) {
+        (Some(_), Some(_)) => {
+            d.at(
+                &span,
+                "a route has either `upstream` or `response`, not both",
+            );
+            None
+        }
+        (None, None) => {
+            d.at(&span, "a route needs `upstream` or a mock `response`");
+            None
+        }
+        (Some(u), None) => match upstreams.iter().position(|x| x.name == u.get_ref().0) {
+            Some(i) => Some(Action::Upstream(i)),
+            None => {
+                d.at(
+                    &u.span(),
+                    format!("upstream {:?} is not defined in [upstreams]", u.get_ref().0),
+                );
+                None
+            }
+        },
+        (None, Some(m)) => validate_mock(m, d).map(Action::Mock),
+    };
+    let action = action?;
+    ok.then_some(RouteConfig {
+        path,
+        methods,
+        auth,
+        action,
+        span,
+    })
+}
+
+fn validate_mock(m: Spanned<RawMock>, d: &mut Diags<'_>) -> Option<MockResponse> {
+    let m = m.into_inner();
+    let status = match m.status {
+        None => StatusCode::OK,
+        Some(s) => match u16::try_from(*s.get_ref())
+            .ok()
+            .and_then(|n| StatusCode::from_u16(n).ok())
+        {
+            Some(st) if st.as_u16() >= 200 => st,
+            _ => {
+                d.at(
+                    &s.span(),
+                    "response.status must be an HTTP status from 200 to 999",
+                );
+                return None;
+            }
+        },
+    };
+    let content_type = match m.content_type {
+        None => HeaderValue::from_static("application/json"),
+        Some(c) => match HeaderValue::from_str(&c.get_ref().0) {
+            Ok(v) => v,
+            Err(_) => {
+                d.at(
+                    &c.span(),
+                    "response.content_type is not a valid header value",
+                );
+                return None;
+            }
+        },
+    };
+    Some(MockResponse {
+        status,
+        content_type,
+        body: Bytes::from(m.body.map(|b| b.0).unwrap_or_default()),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn errs(text: &str) -> Vec<String> {
+        match Config::parse(Path::new("g.toml"), text) {
+            Ok(_) => vec![],
+            Err(e) => e.0.iter().map(ToString::to_string).collect(),
+        }
+    }
+
+    #[test]
+    fn line_col_counts_from_one() {
+        assert_eq!(line_col("ab\ncd", 0), (1, 1));
+        assert_eq!(line_col("ab\ncd", 4), (2, 2));
+    }
+
+    #[test]
+    fn unknown_key_is_reported_at_its_position() {
+        let e = errs("[server]\nlisten = \"127.0.0.1:0\"\nlisen = 1\n");
+        assert_eq!(e.len(), 1);
+        assert!(e[0].starts_with("g.toml:3:1: "), "{e:?}");
+    }
+
+    #[test]
+    fn env_expansion_and_unset_variable() {
+        std::env::set_var("SCOPEGATE_TEST_HOST", "127.0.0.1");
+        assert_eq!(
+            expand_env("http://${SCOPEGATE_TEST_HOST}:1").unwrap(),
+            "http://127.0.0.1:1"
+        );
+        let e = errs("[upstreams.a]\nurl = \"http://${SCOPEGATE_SURELY_UNSET}\"\n");
+        assert_eq!(e.len(), 1);
+        assert!(
+            e[0].starts_with("g.toml:2:7: ") && e[0].contains("SCOPEGATE_SURELY_UNSET"),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn bad_duration_is_positioned() {
+        let e = errs("[server]\nrequest_timeout = \"soon\"\n");
+        assert!(
+            e[0].starts_with("g.toml:2:19: ") && e[0].contains("invalid duration"),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn every_validation_problem_is_reported() {
+        let text = "[[routes]]\npath = \"/a\"\nupstream = \"nope\"\n\n[[routes]]\npath = \"b\"\nmethods = [\"get\"]\nresponse = {}\n";
+        let e = errs(text);
+        assert_eq!(e.len(), 3, "{e:?}");
+        assert!(e[0].starts_with("g.toml:3:12: "), "{e:?}");
+        assert!(e[1].starts_with("g.toml:6:8: "), "{e:?}");
+        assert!(e[2].starts_with("g.toml:7:12: "), "{e:?}");
+    }
+
+    #[test]
+    fn defaults_apply() {
+        let c = Config::parse(Path::new("g.toml"), "").unwrap();
+        assert_eq!(c.server.listen, DEFAULT_LISTEN.parse().unwrap());
+        assert_eq!(c.server.max_header_bytes, 16384);
+        assert_eq!(c.auth.leeway, Duration::from_secs(60));
+        assert_eq!(c.auth.cache_entries, 65536);
+        assert!(c.auth.forward_token && c.auth.identity_headers);
+    }
+
+    #[test]
+    fn hs_and_none_are_never_allowed() {
+        for alg in ["HS256", "none"] {
+            let text = format!("[[auth.issuers]]\nissuer = \"i\"\njwks_uri = \"http://k\"\nalgorithms = [\"{alg}\"]\n");
+            let e = errs(&text);
+            assert!(e.len() == 1 && e[0].starts_with("g.toml:4:15: "), "{e:?}");
+        }
+    }
+}

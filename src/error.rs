@@ -1,0 +1,288 @@
+//! Every answer the gateway writes itself comes from one enum, mapped to status, headers and a
+//! JSON body in one exhaustive `match`. A new variant cannot ship without its answer.
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Response, StatusCode};
+use http_body_util::Full;
+
+/// Why a token was refused. Logged and counted; never shown to the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AuthFailure {
+    Missing,
+    Malformed,
+    BadSignature,
+    Expired,
+    NotYetValid,
+    WrongIssuer,
+    WrongAudience,
+    WrongTokenUse,
+    DisallowedAlg,
+    UnknownKid,
+}
+
+impl AuthFailure {
+    pub const ALL: [AuthFailure; 10] = [
+        AuthFailure::Missing,
+        AuthFailure::Malformed,
+        AuthFailure::BadSignature,
+        AuthFailure::Expired,
+        AuthFailure::NotYetValid,
+        AuthFailure::WrongIssuer,
+        AuthFailure::WrongAudience,
+        AuthFailure::WrongTokenUse,
+        AuthFailure::DisallowedAlg,
+        AuthFailure::UnknownKid,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthFailure::Missing => "missing_token",
+            AuthFailure::Malformed => "malformed_token",
+            AuthFailure::BadSignature => "bad_signature",
+            AuthFailure::Expired => "expired",
+            AuthFailure::NotYetValid => "not_yet_valid",
+            AuthFailure::WrongIssuer => "wrong_issuer",
+            AuthFailure::WrongAudience => "wrong_audience",
+            AuthFailure::WrongTokenUse => "wrong_token_use",
+            AuthFailure::DisallowedAlg => "disallowed_alg",
+            AuthFailure::UnknownKid => "unknown_kid",
+        }
+    }
+}
+
+/// How a refused scope check is answered (`auth.scope_failure_status`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScopeFailureStatus {
+    /// REST API Cognito authorizer behaviour.
+    Unauthorized,
+    /// HTTP API JWT authorizer behaviour.
+    Forbidden,
+}
+
+/// A request the gateway answers itself instead of forwarding.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reject {
+    BadRequest,
+    NotFound,
+    MethodNotAllowed {
+        allow: HeaderValue,
+    },
+    HeaderTooLarge,
+    Unauthorized(AuthFailure),
+    InsufficientScope(ScopeFailureStatus),
+    /// The token's issuer has never had keys: it cannot be judged yet.
+    KeysUnavailable,
+    BadGateway,
+    GatewayTimeout,
+}
+
+pub type Body = http_body_util::Either<hyper::body::Incoming, Full<Bytes>>;
+
+const UNAUTHORIZED: &str = r#"{"message":"Unauthorized"}"#;
+
+impl Reject {
+    /// The failure reason for logs and metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Reject::BadRequest => "bad_request",
+            Reject::NotFound => "not_found",
+            Reject::MethodNotAllowed { .. } => "method_not_allowed",
+            Reject::HeaderTooLarge => "header_too_large",
+            Reject::Unauthorized(f) => f.as_str(),
+            Reject::InsufficientScope(_) => "insufficient_scope",
+            Reject::KeysUnavailable => "keys_unavailable",
+            Reject::BadGateway => "upstream_unreachable",
+            Reject::GatewayTimeout => "upstream_timeout",
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Reject::BadRequest => StatusCode::BAD_REQUEST,
+            Reject::NotFound => StatusCode::NOT_FOUND,
+            Reject::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            Reject::HeaderTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            Reject::Unauthorized(_)
+            | Reject::InsufficientScope(ScopeFailureStatus::Unauthorized) => {
+                StatusCode::UNAUTHORIZED
+            }
+            Reject::InsufficientScope(ScopeFailureStatus::Forbidden) => StatusCode::FORBIDDEN,
+            Reject::KeysUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Reject::BadGateway => StatusCode::BAD_GATEWAY,
+            Reject::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    fn body(&self) -> &'static str {
+        match self {
+            Reject::BadRequest => r#"{"message":"Bad Request"}"#,
+            Reject::NotFound => r#"{"message":"Not Found"}"#,
+            Reject::MethodNotAllowed { .. } => r#"{"message":"Method Not Allowed"}"#,
+            Reject::HeaderTooLarge => r#"{"message":"Request Header Fields Too Large"}"#,
+            Reject::Unauthorized(_)
+            | Reject::InsufficientScope(ScopeFailureStatus::Unauthorized) => UNAUTHORIZED,
+            Reject::InsufficientScope(ScopeFailureStatus::Forbidden) => {
+                r#"{"message":"Forbidden"}"#
+            }
+            Reject::KeysUnavailable => r#"{"message":"Service Unavailable"}"#,
+            Reject::BadGateway => r#"{"message":"Bad Gateway"}"#,
+            Reject::GatewayTimeout => r#"{"message":"Gateway Timeout"}"#,
+        }
+    }
+
+    /// The complete answer: status, JSON body, and the headers each outcome owes the client.
+    pub fn into_response(self) -> Response<Body> {
+        let mut resp = Response::new(Body::Right(Full::new(Bytes::from_static(
+            self.body().as_bytes(),
+        ))));
+        *resp.status_mut() = self.status();
+        let h = resp.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        match self {
+            // RFC 6750 §3: no error code when the request carried no token at all.
+            Reject::Unauthorized(AuthFailure::Missing) => {
+                h.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            Reject::Unauthorized(_) => {
+                h.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static(r#"Bearer error="invalid_token""#),
+                );
+            }
+            Reject::InsufficientScope(_) => {
+                h.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static(r#"Bearer error="insufficient_scope""#),
+                );
+            }
+            Reject::MethodNotAllowed { allow } => {
+                h.insert(header::ALLOW, allow);
+            }
+            Reject::KeysUnavailable => {
+                h.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+            }
+            Reject::BadRequest
+            | Reject::NotFound
+            | Reject::HeaderTooLarge
+            | Reject::BadGateway
+            | Reject::GatewayTimeout => {}
+        }
+        resp
+    }
+}
+
+/// A JSON answer the gateway writes itself, outside the reject table (mock routes, issuer).
+pub fn json_response(
+    status: StatusCode,
+    content_type: &HeaderValue,
+    body: Bytes,
+) -> Response<Body> {
+    let mut resp = Response::new(Body::Right(Full::new(body)));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, content_type.clone());
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    async fn parts(r: Reject) -> (u16, String, Option<String>, Option<String>) {
+        let resp = r.into_response();
+        let status = resp.status().as_u16();
+        let www = resp
+            .headers()
+            .get("www-authenticate")
+            .map(|v| v.to_str().unwrap().to_owned());
+        let ct = resp
+            .headers()
+            .get("content-type")
+            .map(|v| v.to_str().unwrap().to_owned());
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        (status, String::from_utf8(body.to_vec()).unwrap(), www, ct)
+    }
+
+    #[tokio::test]
+    async fn every_reject_has_its_answer() {
+        let json = Some("application/json".to_owned());
+        let rows: Vec<(Reject, u16, &str, Option<&str>)> = vec![
+            (
+                Reject::BadRequest,
+                400,
+                r#"{"message":"Bad Request"}"#,
+                None,
+            ),
+            (Reject::NotFound, 404, r#"{"message":"Not Found"}"#, None),
+            (
+                Reject::MethodNotAllowed {
+                    allow: HeaderValue::from_static("GET"),
+                },
+                405,
+                r#"{"message":"Method Not Allowed"}"#,
+                None,
+            ),
+            (
+                Reject::HeaderTooLarge,
+                431,
+                r#"{"message":"Request Header Fields Too Large"}"#,
+                None,
+            ),
+            (
+                Reject::Unauthorized(AuthFailure::Missing),
+                401,
+                UNAUTHORIZED,
+                Some("Bearer"),
+            ),
+            (
+                Reject::InsufficientScope(ScopeFailureStatus::Unauthorized),
+                401,
+                UNAUTHORIZED,
+                Some(r#"Bearer error="insufficient_scope""#),
+            ),
+            (
+                Reject::InsufficientScope(ScopeFailureStatus::Forbidden),
+                403,
+                r#"{"message":"Forbidden"}"#,
+                Some(r#"Bearer error="insufficient_scope""#),
+            ),
+            (
+                Reject::KeysUnavailable,
+                503,
+                r#"{"message":"Service Unavailable"}"#,
+                None,
+            ),
+            (
+                Reject::BadGateway,
+                502,
+                r#"{"message":"Bad Gateway"}"#,
+                None,
+            ),
+            (
+                Reject::GatewayTimeout,
+                504,
+                r#"{"message":"Gateway Timeout"}"#,
+                None,
+            ),
+        ];
+        for (reject, status, body, www) in rows {
+            let got = parts(reject.clone()).await;
+            assert_eq!(got.0, status, "{reject:?}");
+            assert_eq!(got.1, body, "{reject:?}");
+            assert_eq!(got.2.as_deref(), www, "{reject:?}");
+            assert_eq!(got.3, json, "{reject:?}");
+        }
+        for f in AuthFailure::ALL
+            .into_iter()
+            .filter(|f| *f != AuthFailure::Missing)
+        {
+            let got = parts(Reject::Unauthorized(f)).await;
+            assert_eq!((got.0, got.1.as_str()), (401, UNAUTHORIZED));
+            assert_eq!(got.2.as_deref(), Some(r#"Bearer error="invalid_token""#));
+        }
+    }
+}

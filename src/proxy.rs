@@ -1,0 +1,261 @@
+//! The per-request pipeline, in the order SPEC §3 gives it:
+//! normalize -> route -> authenticate -> authorize scopes -> forward (or mock).
+//!
+//! The path is normalized before anything looks at it and that one normalized path is both
+//! matched and forwarded. Authentication runs before the scope check so that a request with a
+//! bad token never learns whether its scopes would have sufficed. Headers are rewritten only
+//! after every check passed: a refused request costs no header work.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+
+use crate::auth::verify::Principal;
+use crate::auth::{extract, scope};
+use crate::config::{Action, RouteAuth};
+use crate::error::{json_response, Body, Reject};
+use crate::route::{self, Match};
+use crate::snapshot::Snapshot;
+use crate::upstream::{self, Upstream};
+
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// State shared by every connection of the process.
+pub struct Shared {
+    pub snapshot: ArcSwap<Snapshot>,
+    pub draining: AtomicBool,
+}
+
+impl Shared {
+    pub fn new(snapshot: Snapshot) -> Shared {
+        Shared {
+            snapshot: ArcSwap::from_pointee(snapshot),
+            draining: AtomicBool::new(false),
+        }
+    }
+
+    /// Ready to take traffic: not draining and every issuer has keys.
+    pub fn ready(&self) -> bool {
+        !self.draining.load(Ordering::Relaxed) && self.snapshot.load().ready()
+    }
+}
+
+/// What the listener knows about a connection.
+pub struct ConnInfo {
+    pub remote: SocketAddr,
+    pub tls: bool,
+}
+
+/// What one access-log line says.
+struct Access<'a> {
+    route: &'a str,
+    upstream: &'a str,
+    client_id: Option<Arc<Principal>>,
+    reason: &'static str,
+}
+
+/// Serves one request. Never fails: every outcome is an answer.
+pub async fn handle(
+    shared: Arc<Shared>,
+    conn: Arc<ConnInfo>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
+    let start = Instant::now();
+    let snap = shared.snapshot.load_full();
+    let request_id = request_id(req.headers());
+    let method = req.method().clone();
+    let raw_path = req.uri().path().to_owned();
+    let mut access = Access {
+        route: "",
+        upstream: "",
+        client_id: None,
+        reason: "",
+    };
+    let mut resp = match pipeline(&snap, &conn, req, &request_id, &mut access).await {
+        Ok(resp) => resp,
+        Err(reject) => {
+            access.reason = reject.reason();
+            reject.into_response()
+        }
+    };
+    resp.headers_mut().insert(X_REQUEST_ID, request_id.clone());
+    tracing::info!(
+        target: "scopegate::access",
+        request_id = request_id.to_str().unwrap_or(""),
+        method = method.as_str(),
+        path = raw_path.as_str(),
+        route = access.route,
+        status = resp.status().as_u16(),
+        upstream = access.upstream,
+        duration_us = u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX),
+        client_id = access.client_id.as_ref().map_or("", |p| p.client_id.as_str()),
+        reason = access.reason,
+    );
+    Ok(resp)
+}
+
+/// A client's `x-request-id` is kept when it is a sane token; otherwise a new one is made.
+fn request_id(headers: &HeaderMap) -> HeaderValue {
+    if let Some(v) = headers.get(&X_REQUEST_ID) {
+        let b = v.as_bytes();
+        if !b.is_empty() && b.len() <= 200 && b.iter().all(|c| c.is_ascii_graphic()) {
+            return v.clone();
+        }
+    }
+    let mut buf = uuid::Uuid::encode_buffer();
+    let s = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf);
+    HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static("-"))
+}
+
+/// Size of the request head as the client sent it (request line and header fields).
+fn head_size<B>(req: &Request<B>) -> usize {
+    let line = req.method().as_str().len() + req.uri().to_string().len() + 12;
+    req.headers()
+        .iter()
+        .fold(line, |n, (k, v)| n + k.as_str().len() + v.len() + 4)
+}
+
+async fn pipeline<'s>(
+    snap: &'s Snapshot,
+    conn: &ConnInfo,
+    mut req: Request<Incoming>,
+    request_id: &HeaderValue,
+    access: &mut Access<'s>,
+) -> Result<Response<Body>, Reject> {
+    let cfg = &snap.config;
+    if head_size(&req) > cfg.server.max_header_bytes {
+        return Err(Reject::HeaderTooLarge);
+    }
+    let path = route::normalize(req.uri().path()).map_err(|_| Reject::BadRequest)?;
+    let idx = match snap.table.lookup(&path, req.method()) {
+        Match::Found(i) => i,
+        Match::MethodNotAllowed(allow) => return Err(Reject::MethodNotAllowed { allow }),
+        Match::NotFound => return Err(Reject::NotFound),
+    };
+    let route = &cfg.routes[idx];
+    access.route = &route.path;
+
+    let principal = match &route.auth {
+        RouteAuth::None => None,
+        RouteAuth::Jwt { any_of, all_of } => {
+            let token =
+                extract::bearer(req.headers(), &cfg.auth.header).map_err(Reject::Unauthorized)?;
+            let who = snap.verifier.verify(token).await?;
+            access.client_id = Some(Arc::clone(&who));
+            if !scope::allows(any_of, all_of, &who) {
+                return Err(Reject::InsufficientScope(cfg.auth.scope_failure_status));
+            }
+            Some(who)
+        }
+    };
+
+    let upstream = match &route.action {
+        Action::Mock(m) => return Ok(json_response(m.status, &m.content_type, m.body.clone())),
+        Action::Upstream(i) => &snap.upstreams[*i],
+    };
+    access.upstream = &upstream.config.name;
+    let uri = upstream.uri(&path, req.uri().query())?;
+    let forwarded_host = req
+        .uri()
+        .authority()
+        .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        .or_else(|| req.headers().get(header::HOST).cloned());
+    drop(path);
+    *req.uri_mut() = uri;
+    rewrite_headers(
+        snap,
+        conn,
+        &mut req,
+        request_id,
+        forwarded_host,
+        principal.as_deref(),
+    );
+    forward(snap, upstream, req).await
+}
+
+/// Header hygiene for the upstream request (SPEC §3.5).
+fn rewrite_headers(
+    snap: &Snapshot,
+    conn: &ConnInfo,
+    req: &mut Request<Incoming>,
+    request_id: &HeaderValue,
+    forwarded_host: Option<HeaderValue>,
+    principal: Option<&Principal>,
+) {
+    let auth = &snap.config.auth;
+    let upgrade = upstream::is_upgrade(req.headers());
+    let h = req.headers_mut();
+    upstream::strip_hop_by_hop(h, upgrade);
+    upstream::strip_spoofable(h);
+    // The client's Host names the gateway; the upstream gets its own (set from the URI).
+    h.remove(header::HOST);
+    if !auth.forward_token {
+        h.remove(&auth.header);
+    }
+    let ip = conn.remote.ip().to_string();
+    let xff = match h.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(prev) if !prev.trim().is_empty() => format!("{prev}, {ip}"),
+        _ => ip,
+    };
+    if let Ok(v) = HeaderValue::from_str(&xff) {
+        h.insert(X_FORWARDED_FOR, v);
+    }
+    h.insert(
+        X_FORWARDED_PROTO,
+        HeaderValue::from_static(if conn.tls { "https" } else { "http" }),
+    );
+    match forwarded_host {
+        Some(v) => h.insert(X_FORWARDED_HOST, v),
+        None => h.remove(X_FORWARDED_HOST),
+    };
+    h.insert(X_REQUEST_ID, request_id.clone());
+    if let (Some(p), true) = (principal, auth.identity_headers) {
+        for (name, value) in &p.identity {
+            h.insert(name, value.clone());
+        }
+    }
+}
+
+async fn forward(
+    snap: &Snapshot,
+    upstream: &Upstream,
+    mut req: Request<Incoming>,
+) -> Result<Response<Body>, Reject> {
+    let upgrade = upstream::is_upgrade(req.headers());
+    let client_side = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let mut resp = upstream
+        .send(req, snap.config.server.request_timeout)
+        .await?;
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        let Some(client_side) = client_side else {
+            // A 101 the client never asked for cannot be relayed.
+            return Err(Reject::BadGateway);
+        };
+        let upstream_side = hyper::upgrade::on(&mut resp);
+        tokio::spawn(async move {
+            match tokio::try_join!(client_side, upstream_side) {
+                Ok((c, u)) => {
+                    let (mut c, mut u) = (TokioIo::new(c), TokioIo::new(u));
+                    if let Err(e) = tokio::io::copy_bidirectional(&mut c, &mut u).await {
+                        tracing::debug!(error = %e, "upgraded connection ended");
+                    }
+                }
+                Err(e) => tracing::debug!(error = %e, "upgrade failed"),
+            }
+        });
+        return Ok(resp.map(|_| Body::Right(http_body_util::Full::default())));
+    }
+    upstream::strip_hop_by_hop(resp.headers_mut(), false);
+    Ok(resp.map(Body::Left))
+}

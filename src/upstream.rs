@@ -1,0 +1,259 @@
+//! Upstreams: one pooled client each, the URI rewrite, header hygiene and timeouts.
+
+use std::path::Path;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, Uri, Version};
+use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::CertificateDer;
+
+use crate::config::UpstreamConfig;
+use crate::error::Reject;
+
+/// Hop-by-hop headers, RFC 9110 §7.6.1 (plus the legacy `keep-alive` and `proxy-connection`):
+/// they describe one connection and are never forwarded. Headers named in `Connection` are
+/// removed as well.
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+];
+
+/// Method-override headers let a client make a framework see another method than the one the
+/// route table authorized; they are never forwarded.
+const METHOD_OVERRIDES: [HeaderName; 3] = [
+    HeaderName::from_static("x-http-method-override"),
+    HeaderName::from_static("x-method-override"),
+    HeaderName::from_static("x-http-method"),
+];
+
+pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, Incoming>;
+
+fn native_roots() -> &'static rustls::RootCertStore {
+    static ROOTS: OnceLock<rustls::RootCertStore> = OnceLock::new();
+    ROOTS.get_or_init(|| {
+        let mut store = rustls::RootCertStore::empty();
+        let found = rustls_native_certs::load_native_certs();
+        for e in &found.errors {
+            tracing::debug!(error = %e, "skipping an unreadable system root certificate");
+        }
+        store.add_parsable_certificates(found.certs);
+        store
+    })
+}
+
+/// Reads a PEM bundle of CA certificates.
+pub fn read_ca_file(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs: Vec<_> = CertificateDer::pem_file_iter(path)
+        .map_err(|e| e.to_string())?
+        .collect::<Result<_, _>>()
+        .map_err(|e| e.to_string())?;
+    if certs.is_empty() {
+        return Err("no PEM certificate in the file".to_owned());
+    }
+    Ok(certs)
+}
+
+/// An http+https connector: system roots plus the optional CA bundle, ALPN h2 and http/1.1.
+pub fn https_connector(
+    ca_file: Option<&Path>,
+    connect_timeout: Duration,
+) -> Result<HttpsConnector<HttpConnector>, String> {
+    let mut roots = native_roots().clone();
+    if let Some(path) = ca_file {
+        for cert in read_ca_file(path)? {
+            roots
+                .add(cert)
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+        }
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_connect_timeout(Some(connect_timeout));
+    http.set_nodelay(true);
+    Ok(hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .enable_http2()
+        .wrap_connector(http))
+}
+
+pub struct Upstream {
+    pub config: UpstreamConfig,
+    client: UpstreamClient,
+}
+
+impl Upstream {
+    pub fn new(config: UpstreamConfig) -> Result<Upstream, String> {
+        let connector = https_connector(config.ca_file.as_deref(), config.connect_timeout)?;
+        let client = Client::builder(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .build(connector);
+        Ok(Upstream { config, client })
+    }
+
+    /// The upstream URI for a normalized path and the request's raw query.
+    pub fn uri(&self, path: &str, query: Option<&str>) -> Result<Uri, Reject> {
+        let c = &self.config;
+        let mut s = String::with_capacity(
+            c.scheme_authority.len()
+                + c.path_prefix.len()
+                + path.len()
+                + query.map_or(0, |q| q.len() + 1),
+        );
+        s.push_str(&c.scheme_authority);
+        s.push_str(&c.path_prefix);
+        s.push_str(path);
+        if let Some(q) = query {
+            s.push('?');
+            s.push_str(q);
+        }
+        Uri::try_from(s).map_err(|_| Reject::BadRequest)
+    }
+
+    /// Sends the prepared request; waits at most `timeout` for the response head.
+    pub async fn send(
+        &self,
+        mut req: Request<Incoming>,
+        timeout: Duration,
+    ) -> Result<Response<Incoming>, Reject> {
+        // The client picks the protocol to the upstream (h2 only when ALPN says so).
+        *req.version_mut() = Version::HTTP_11;
+        match tokio::time::timeout(timeout, self.client.request(req)).await {
+            Err(_) => Err(Reject::GatewayTimeout),
+            Ok(Err(e)) => {
+                tracing::debug!(upstream = %self.config.name, error = %e, "upstream request failed");
+                Err(Reject::BadGateway)
+            }
+            Ok(Ok(resp)) => Ok(resp),
+        }
+    }
+}
+
+/// True when the request asks to switch protocols (WebSocket and the like).
+pub fn is_upgrade(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE)
+        && headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+}
+
+/// Removes hop-by-hop headers and those the `Connection` header names. For an upgrade the
+/// `Upgrade` header and `Connection: upgrade` are what the next hop needs, so they are kept.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+    if let Some(conn) = headers.get(header::CONNECTION) {
+        if conn.as_bytes() != b"keep-alive" && conn.as_bytes() != b"close" {
+            let named: Vec<HeaderName> = headers
+                .get_all(header::CONNECTION)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(','))
+                .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+                .collect();
+            for name in named {
+                if !(upgrade && name == header::UPGRADE) {
+                    headers.remove(name);
+                }
+            }
+        }
+    }
+    for name in &HOP_BY_HOP {
+        headers.remove(name);
+    }
+    if upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    } else {
+        headers.remove(header::UPGRADE);
+    }
+}
+
+/// Removes every header a client could use to claim an identity or another method.
+pub fn strip_spoofable(headers: &mut HeaderMap) {
+    for name in &METHOD_OVERRIDES {
+        headers.remove(name);
+    }
+    if headers.keys().any(|k| k.as_str().starts_with("x-auth-")) {
+        let names: Vec<HeaderName> = headers
+            .keys()
+            .filter(|k| k.as_str().starts_with("x-auth-"))
+            .cloned()
+            .collect();
+        for n in names {
+            headers.remove(n);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_and_connection_named_headers_go() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, foo"),
+        );
+        h.insert("foo", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("h2c"));
+        h.insert("x-keep", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert!(h.contains_key("x-keep"));
+    }
+
+    #[test]
+    fn upgrade_keeps_what_the_next_hop_needs() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        assert!(is_upgrade(&h));
+        strip_hop_by_hop(&mut h, true);
+        assert_eq!(h.get(header::UPGRADE).unwrap(), "websocket");
+        assert_eq!(h.get(header::CONNECTION).unwrap(), "upgrade");
+    }
+
+    #[test]
+    fn spoofable_headers_go() {
+        let mut h = HeaderMap::new();
+        for n in [
+            "x-auth-sub",
+            "x-auth-whatever",
+            "x-http-method-override",
+            "x-method-override",
+            "x-http-method",
+        ] {
+            h.insert(HeaderName::from_static(n), HeaderValue::from_static("v"));
+        }
+        h.insert("x-authz", HeaderValue::from_static("kept"));
+        strip_spoofable(&mut h);
+        assert_eq!(h.len(), 1, "{h:?}");
+    }
+}
