@@ -71,18 +71,10 @@ struct Diags<'a> {
 impl<'a> Diags<'a> {
     fn at(&mut self, span: &Span, message: impl Into<String>) {
         let pos = Some(line_col(self.text, span.start));
-        self.list.push(Diag {
-            file: self.file.to_owned(),
-            pos,
-            message: message.into(),
-        });
+        self.list.push(Diag { file: self.file.to_owned(), pos, message: message.into() });
     }
     fn whole(&mut self, message: impl Into<String>) {
-        self.list.push(Diag {
-            file: self.file.to_owned(),
-            pos: None,
-            message: message.into(),
-        });
+        self.list.push(Diag { file: self.file.to_owned(), pos: None, message: message.into() });
     }
 }
 
@@ -121,8 +113,7 @@ pub fn expand_env(raw: &str) -> Result<String, String> {
             return Err(format!("unterminated ${{ in {raw:?}"));
         };
         let name = &after[..end];
-        let valid =
-            !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+        let valid = !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
         if !valid {
             return Err(format!("invalid environment variable name {name:?}"));
         }
@@ -143,15 +134,14 @@ struct Dur(Duration);
 impl<'de> Deserialize<'de> for Dur {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let Str(s) = Str::deserialize(d)?;
-        parse_duration(&s)
-            .map(Dur)
-            .map_err(serde::de::Error::custom)
+        parse_duration(&s).map(Dur).map_err(serde::de::Error::custom)
     }
 }
 
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s.trim())
-        .map_err(|_| format!("invalid duration {s:?}: expected a number and a unit, like \"250ms\", \"30s\", \"5m\" or \"1h\""))
+    humantime::parse_duration(s.trim()).map_err(|_| {
+        format!("invalid duration {s:?}: expected a number and a unit, like \"250ms\", \"30s\", \"5m\" or \"1h\"")
+    })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -170,6 +160,37 @@ struct RawConfig {
     upstreams: BTreeMap<String, Spanned<RawUpstream>>,
     #[serde(default)]
     routes: Vec<Spanned<RawRoute>>,
+    issuer: Option<Spanned<RawBuiltin>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBuiltin {
+    issuer: Spanned<Str>,
+    signing_key: Option<Spanned<Str>>,
+    token_ttl: Option<Spanned<Dur>>,
+    #[serde(default)]
+    resource_servers: Vec<Spanned<RawResourceServer>>,
+    #[serde(default)]
+    clients: Vec<Spanned<RawClient>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawResourceServer {
+    identifier: Spanned<Str>,
+    #[serde(default)]
+    scopes: Vec<Spanned<Str>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawClient {
+    client_id: Spanned<Str>,
+    client_secret_hash: Option<Spanned<Str>>,
+    client_secret: Option<Spanned<Str>>,
+    #[serde(default)]
+    allowed_scopes: Vec<Spanned<Str>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -182,6 +203,14 @@ struct RawServer {
     max_header_bytes: Option<Spanned<i64>>,
     max_connections: Option<Spanned<i64>>,
     shutdown_grace: Option<Dur>,
+    tls: Option<Spanned<RawTls>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    cert: Spanned<Str>,
+    key: Spanned<Str>,
 }
 
 #[derive(Deserialize, Default)]
@@ -257,6 +286,44 @@ pub struct Config {
     pub auth: AuthConfig,
     pub upstreams: Vec<UpstreamConfig>,
     pub routes: Vec<RouteConfig>,
+    pub issuer: Option<BuiltinIssuerConfig>,
+}
+
+/// The built-in client-credentials issuer (`[issuer]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BuiltinIssuerConfig {
+    pub issuer: String,
+    /// PKCS#8 PEM; `None`: a key is generated at start, in memory only.
+    pub signing_key: Option<PathBuf>,
+    pub token_ttl: Duration,
+    /// Every full scope name (`identifier/scope`) the resource servers define.
+    pub scopes: Vec<String>,
+    pub clients: Vec<ClientConfig>,
+}
+
+#[derive(Clone, PartialEq, Eq)]
+pub enum ClientSecret {
+    /// A PHC string from `scopegate hash-secret` (argon2id).
+    Hash(String),
+    /// Accepted with a warning at load.
+    Plain(String),
+}
+
+impl fmt::Debug for ClientSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never print a secret, even in debug output.
+        match self {
+            ClientSecret::Hash(_) => f.write_str("Hash(..)"),
+            ClientSecret::Plain(_) => f.write_str("Plain(..)"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientConfig {
+    pub client_id: String,
+    pub secret: ClientSecret,
+    pub allowed_scopes: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -268,6 +335,14 @@ pub struct ServerConfig {
     pub max_header_bytes: usize,
     pub max_connections: usize,
     pub shutdown_grace: Duration,
+    pub tls: Option<TlsConfig>,
+}
+
+/// `[server.tls]`: PEM files, reloaded when they change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -293,6 +368,8 @@ pub enum KeySource {
     File(PathBuf),
     /// `{issuer}/.well-known/openid-configuration` names the `jwks_uri`.
     Discovery,
+    /// The built-in issuer's own keys, handed over directly.
+    Builtin,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -365,22 +442,14 @@ impl Config {
     /// Reads, parses and validates the file. Used at start-up, by `check`, and by reloads.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|e| {
-            ConfigError(vec![Diag {
-                file: path.to_owned(),
-                pos: None,
-                message: format!("cannot read: {e}"),
-            }])
+            ConfigError(vec![Diag { file: path.to_owned(), pos: None, message: format!("cannot read: {e}") }])
         })?;
         Config::parse(path, &text)
     }
 
     /// Parses and validates `text` as if read from `path`.
     pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
-        let mut diags = Diags {
-            file: path,
-            text,
-            list: Vec::new(),
-        };
+        let mut diags = Diags { file: path, text, list: Vec::new() };
         let raw: RawConfig = match toml::from_str(text) {
             Ok(raw) => raw,
             Err(e) => {
@@ -431,9 +500,20 @@ impl Config {
                 KeySource::Uri(u) => format!("jwks_uri {u}"),
                 KeySource::File(p) => format!("jwks_file {}", p.display()),
                 KeySource::Discovery => "discovery".to_owned(),
+                KeySource::Builtin => "built-in".to_owned(),
             };
             let algs: Vec<_> = i.algorithms.iter().map(|a| format!("{a:?}")).collect();
             let _ = writeln!(s, "  {} ({src}; {})", i.issuer, algs.join(","));
+        }
+        if let Some(b) = &self.issuer {
+            let key = b.signing_key.as_ref().map_or("generated in memory".to_owned(), |p| p.display().to_string());
+            let _ = writeln!(
+                s,
+                "built-in issuer: {} (key {key}; {} clients, {} scopes)",
+                b.issuer,
+                b.clients.len(),
+                b.scopes.len()
+            );
         }
         let _ = writeln!(s, "upstreams: {}", self.upstreams.len());
         for u in &self.upstreams {
@@ -469,17 +549,14 @@ impl Config {
 }
 
 fn validate(raw: RawConfig, path: &Path, base: &Path, d: &mut Diags<'_>) -> Option<Config> {
-    let server = validate_server(raw.server, d);
+    let server = validate_server(raw.server, base, d);
     let log = match raw.log.format {
         None => LogFormat::Json,
         Some(f) => match f.get_ref().0.as_str() {
             "json" => LogFormat::Json,
             "text" => LogFormat::Text,
             other => {
-                d.at(
-                    &f.span(),
-                    format!("log.format must be \"json\" or \"text\", not {other:?}"),
-                );
+                d.at(&f.span(), format!("log.format must be \"json\" or \"text\", not {other:?}"));
                 LogFormat::Json
             }
         },
@@ -497,18 +574,113 @@ fn validate(raw: RawConfig, path: &Path, base: &Path, d: &mut Diags<'_>) -> Opti
             routes.push(r);
         }
     }
-    let (server, auth) = (server?, auth?);
-    Some(Config {
-        path: path.to_owned(),
-        server,
-        log,
-        auth,
-        upstreams,
-        routes,
-    })
+    let issuer = match raw.issuer {
+        None => Some(None),
+        Some(b) => validate_builtin(b, base, &auth, d).map(Some),
+    };
+    let (server, auth, issuer) = (server?, auth?, issuer?);
+    Some(Config { path: path.to_owned(), server, log, auth, upstreams, routes, issuer })
 }
 
-fn validate_server(s: RawServer, d: &mut Diags<'_>) -> Option<ServerConfig> {
+fn validate_builtin(
+    b: Spanned<RawBuiltin>,
+    base: &Path,
+    auth: &Option<AuthConfig>,
+    d: &mut Diags<'_>,
+) -> Option<BuiltinIssuerConfig> {
+    let b = b.into_inner();
+    let mut ok = true;
+    let issuer_span = b.issuer.span();
+    let issuer = b.issuer.into_inner().0;
+    if !(issuer.starts_with("http://") || issuer.starts_with("https://")) || issuer.ends_with('/') {
+        d.at(&issuer_span, "issuer.issuer must be an http:// or https:// URL without a trailing '/'");
+        ok = false;
+    }
+    if let Some(a) = auth {
+        if a.issuers.iter().any(|i| i.issuer == issuer) {
+            d.at(&issuer_span, "the built-in issuer is trusted already; remove its [[auth.issuers]] entry");
+            ok = false;
+        }
+    }
+    let signing_key = match b.signing_key {
+        None => None,
+        Some(k) => {
+            let p = base.join(&k.get_ref().0);
+            if let Err(e) = crate::issuer::SigningKey::load(&p) {
+                d.at(&k.span(), format!("signing_key {}: {e}", p.display()));
+                ok = false;
+            }
+            Some(p)
+        }
+    };
+    let token_ttl = match b.token_ttl {
+        None => Duration::from_secs(3600),
+        Some(t) if t.get_ref().0 >= Duration::from_secs(1) => t.get_ref().0,
+        Some(t) => {
+            d.at(&t.span(), "issuer.token_ttl must be at least 1s");
+            ok = false;
+            Duration::from_secs(3600)
+        }
+    };
+    let mut scopes: Vec<String> = Vec::new();
+    for rs in b.resource_servers {
+        let rs = rs.into_inner();
+        let id = &rs.identifier.get_ref().0;
+        if id.is_empty() || id.contains([' ', '/']) {
+            d.at(&rs.identifier.span(), "a resource server identifier must be non-empty, without spaces or '/'");
+            ok = false;
+        }
+        for s in rs.scopes {
+            let name = &s.get_ref().0;
+            if name.is_empty() || name.contains(' ') {
+                d.at(&s.span(), "a scope must be non-empty and contain no spaces");
+                ok = false;
+            }
+            scopes.push(format!("{id}/{name}"));
+        }
+    }
+    let mut clients: Vec<ClientConfig> = Vec::new();
+    for c in b.clients {
+        let span = c.span();
+        let c = c.into_inner();
+        let client_id = c.client_id.get_ref().0.clone();
+        if client_id.is_empty() || client_id.contains(':') {
+            d.at(&c.client_id.span(), "client_id must be non-empty and contain no ':'");
+            ok = false;
+        }
+        if clients.iter().any(|x| x.client_id == client_id) {
+            d.at(&c.client_id.span(), format!("client {client_id:?} is defined twice"));
+            ok = false;
+        }
+        let secret = match (c.client_secret_hash, c.client_secret) {
+            (Some(h), None) => {
+                if let Err(e) = argon2::PasswordHash::new(&h.get_ref().0) {
+                    d.at(&h.span(), format!("client_secret_hash is not a hash from `scopegate hash-secret`: {e}"));
+                    ok = false;
+                }
+                ClientSecret::Hash(h.into_inner().0)
+            }
+            (None, Some(p)) => ClientSecret::Plain(p.into_inner().0),
+            _ => {
+                d.at(&span, "a client needs exactly one of client_secret_hash or client_secret");
+                ok = false;
+                ClientSecret::Plain(String::new())
+            }
+        };
+        let mut allowed_scopes = Vec::new();
+        for s in c.allowed_scopes {
+            if !scopes.contains(&s.get_ref().0) {
+                d.at(&s.span(), format!("scope {:?} is not defined by any [[issuer.resource_servers]]", s.get_ref().0));
+                ok = false;
+            }
+            allowed_scopes.push(s.into_inner().0);
+        }
+        clients.push(ClientConfig { client_id, secret, allowed_scopes });
+    }
+    ok.then_some(BuiltinIssuerConfig { issuer, signing_key, token_ttl, scopes, clients })
+}
+
+fn validate_server(s: RawServer, base: &Path, d: &mut Diags<'_>) -> Option<ServerConfig> {
     let mut ok = true;
     let mut addr = |v: Option<Spanned<Str>>, key: &str, d: &mut Diags<'_>| -> Option<SocketAddr> {
         let v = v?;
@@ -517,43 +689,45 @@ fn validate_server(s: RawServer, d: &mut Diags<'_>) -> Option<ServerConfig> {
             Err(_) => {
                 d.at(
                     &v.span(),
-                    format!(
-                        "server.{key} must be IP:PORT, like \"0.0.0.0:8080\", not {:?}",
-                        v.get_ref().0
-                    ),
+                    format!("server.{key} must be IP:PORT, like \"0.0.0.0:8080\", not {:?}", v.get_ref().0),
                 );
                 ok = false;
                 None
             }
         }
     };
-    let listen = addr(s.listen, "listen", d)
-        .unwrap_or_else(|| DEFAULT_LISTEN.parse().expect("valid default"));
+    let listen = addr(s.listen, "listen", d).unwrap_or_else(|| DEFAULT_LISTEN.parse().expect("valid default"));
     let admin_listen = addr(s.admin_listen, "admin_listen", d);
     let max_header_bytes = positive(s.max_header_bytes, "server.max_header_bytes", 16384, d);
     let max_connections = positive(s.max_connections, "server.max_connections", 10000, d);
+    let tls = match s.tls {
+        None => None,
+        Some(t) => {
+            let t = t.into_inner();
+            let cfg = TlsConfig { cert: base.join(&t.cert.get_ref().0), key: base.join(&t.key.get_ref().0) };
+            if let Err(e) = crate::listener::tls_config(&cfg) {
+                d.at(&t.cert.span(), e);
+                ok = false;
+            }
+            Some(cfg)
+        }
+    };
     if !ok {
         return None;
     }
     Some(ServerConfig {
+        tls,
         listen,
         admin_listen,
         request_timeout: s.request_timeout.map_or(Duration::from_secs(30), |v| v.0),
-        header_read_timeout: s
-            .header_read_timeout
-            .map_or(Duration::from_secs(10), |v| v.0),
+        header_read_timeout: s.header_read_timeout.map_or(Duration::from_secs(10), |v| v.0),
         max_header_bytes: max_header_bytes?,
         max_connections: max_connections?,
         shutdown_grace: s.shutdown_grace.map_or(Duration::from_secs(20), |v| v.0),
     })
 }
 
-fn positive(
-    v: Option<Spanned<i64>>,
-    key: &str,
-    default: usize,
-    d: &mut Diags<'_>,
-) -> Option<usize> {
+fn positive(v: Option<Spanned<i64>>, key: &str, default: usize, d: &mut Diags<'_>) -> Option<usize> {
     match v {
         None => Some(default),
         Some(v) => match usize::try_from(*v.get_ref()) {
@@ -573,10 +747,7 @@ fn validate_auth(a: RawAuth, base: &Path, d: &mut Diags<'_>) -> Option<AuthConfi
         Some(h) => match HeaderName::from_bytes(h.get_ref().0.to_ascii_lowercase().as_bytes()) {
             Ok(n) => n,
             Err(_) => {
-                d.at(
-                    &h.span(),
-                    format!("auth.header {:?} is not a valid header name", h.get_ref().0),
-                );
+                d.at(&h.span(), format!("auth.header {:?} is not a valid header name", h.get_ref().0));
                 ok = false;
                 HeaderName::from_static("authorization")
             }
@@ -588,10 +759,7 @@ fn validate_auth(a: RawAuth, base: &Path, d: &mut Diags<'_>) -> Option<AuthConfi
             401 => ScopeFailureStatus::Unauthorized,
             403 => ScopeFailureStatus::Forbidden,
             other => {
-                d.at(
-                    &s.span(),
-                    format!("auth.scope_failure_status must be 401 or 403, not {other}"),
-                );
+                d.at(&s.span(), format!("auth.scope_failure_status must be 401 or 403, not {other}"));
                 ok = false;
                 ScopeFailureStatus::Unauthorized
             }
@@ -602,10 +770,7 @@ fn validate_auth(a: RawAuth, base: &Path, d: &mut Diags<'_>) -> Option<AuthConfi
         Some(c) => match usize::try_from(*c.get_ref()) {
             Ok(n) => n,
             Err(_) => {
-                d.at(
-                    &c.span(),
-                    "auth.cache_entries must be 0 or a positive integer",
-                );
+                d.at(&c.span(), "auth.cache_entries must be 0 or a positive integer");
                 ok = false;
                 0
             }
@@ -617,10 +782,7 @@ fn validate_auth(a: RawAuth, base: &Path, d: &mut Diags<'_>) -> Option<AuthConfi
         let span = i.span();
         if let Some(iss) = validate_issuer(i.into_inner(), &span, base, d) {
             if !seen.insert(iss.issuer.clone()) {
-                d.at(
-                    &span,
-                    format!("issuer {:?} is configured twice", iss.issuer),
-                );
+                d.at(&span, format!("issuer {:?} is configured twice", iss.issuer));
                 ok = false;
             }
             issuers.push(iss);
@@ -654,12 +816,7 @@ fn parse_algorithm(name: &str) -> Option<Algorithm> {
     })
 }
 
-fn validate_issuer(
-    i: RawIssuer,
-    span: &Span,
-    base: &Path,
-    d: &mut Diags<'_>,
-) -> Option<IssuerConfig> {
+fn validate_issuer(i: RawIssuer, span: &Span, base: &Path, d: &mut Diags<'_>) -> Option<IssuerConfig> {
     let mut ok = true;
     let issuer = i.issuer.get_ref().0.clone();
     if issuer.is_empty() {
@@ -667,25 +824,15 @@ fn validate_issuer(
         ok = false;
     }
     let discovery = i.discovery.as_ref().is_some_and(|v| *v.get_ref());
-    let sources = usize::from(i.jwks_uri.is_some())
-        + usize::from(i.jwks_file.is_some())
-        + usize::from(discovery);
+    let sources = usize::from(i.jwks_uri.is_some()) + usize::from(i.jwks_file.is_some()) + usize::from(discovery);
     let source = if sources != 1 {
-        d.at(
-            span,
-            "an issuer needs exactly one key source: jwks_uri, jwks_file or discovery = true",
-        );
+        d.at(span, "an issuer needs exactly one key source: jwks_uri, jwks_file or discovery = true");
         ok = false;
         None
     } else if let Some(u) = &i.jwks_uri {
         let url = &u.get_ref().0;
-        if !(url.starts_with("http://") || url.starts_with("https://"))
-            || url.parse::<http::Uri>().is_err()
-        {
-            d.at(
-                &u.span(),
-                format!("jwks_uri must be an http:// or https:// URL, not {url:?}"),
-            );
+        if !(url.starts_with("http://") || url.starts_with("https://")) || url.parse::<http::Uri>().is_err() {
+            d.at(&u.span(), format!("jwks_uri must be an http:// or https:// URL, not {url:?}"));
             ok = false;
         }
         Some(KeySource::Uri(url.clone()))
@@ -708,10 +855,7 @@ fn validate_issuer(
         Some(KeySource::File(p))
     } else {
         if !(issuer.starts_with("http://") || issuer.starts_with("https://")) {
-            d.at(
-                &i.issuer.span(),
-                "discovery = true needs an http:// or https:// issuer",
-            );
+            d.at(&i.issuer.span(), "discovery = true needs an http:// or https:// issuer");
             ok = false;
         }
         Some(KeySource::Discovery)
@@ -746,12 +890,7 @@ fn validate_issuer(
     ok.then(|| IssuerConfig {
         issuer,
         source,
-        audiences: i
-            .audiences
-            .unwrap_or_default()
-            .into_iter()
-            .map(|s| s.0)
-            .collect(),
+        audiences: i.audiences.unwrap_or_default().into_iter().map(|s| s.0).collect(),
         token_use: i.token_use.map(|s| s.0),
         algorithms,
         refresh,
@@ -759,22 +898,14 @@ fn validate_issuer(
     })
 }
 
-fn validate_upstream(
-    name: String,
-    u: Spanned<RawUpstream>,
-    base: &Path,
-    d: &mut Diags<'_>,
-) -> Option<UpstreamConfig> {
+fn validate_upstream(name: String, u: Spanned<RawUpstream>, base: &Path, d: &mut Diags<'_>) -> Option<UpstreamConfig> {
     let u = u.into_inner();
     let url_span = u.url.span();
     let url = u.url.into_inner().0;
     let uri = match url.parse::<http::Uri>() {
         Ok(uri) => uri,
         Err(_) => {
-            d.at(
-                &url_span,
-                format!("upstreams.{name}.url {url:?} is not a valid URL"),
-            );
+            d.at(&url_span, format!("upstreams.{name}.url {url:?} is not a valid URL"));
             return None;
         }
     };
@@ -782,10 +913,7 @@ fn validate_upstream(
         Some("http") => false,
         Some("https") => true,
         _ => {
-            d.at(
-                &url_span,
-                format!("upstreams.{name}.url must start with http:// or https://"),
-            );
+            d.at(&url_span, format!("upstreams.{name}.url must start with http:// or https://"));
             return None;
         }
     };
@@ -794,10 +922,7 @@ fn validate_upstream(
         return None;
     };
     if uri.query().is_some() {
-        d.at(
-            &url_span,
-            format!("upstreams.{name}.url must not have a query string"),
-        );
+        d.at(&url_span, format!("upstreams.{name}.url must not have a query string"));
         return None;
     }
     let ca_file = match u.ca_file {
@@ -823,11 +948,7 @@ fn validate_upstream(
     })
 }
 
-fn validate_route(
-    r: Spanned<RawRoute>,
-    upstreams: &[UpstreamConfig],
-    d: &mut Diags<'_>,
-) -> Option<RouteConfig> {
+fn validate_route(r: Spanned<RawRoute>, upstreams: &[UpstreamConfig], d: &mut Diags<'_>) -> Option<RouteConfig> {
     let span = r.span();
     let r = r.into_inner();
     let mut ok = true;
@@ -860,12 +981,7 @@ fn validate_route(
                         }
                     }
                 } else {
-                    d.at(
-                        &m.span(),
-                        format!(
-                            "{name:?} is not an HTTP method (write methods in upper case, or ANY)"
-                        ),
-                    );
+                    d.at(&m.span(), format!("{name:?} is not an HTTP method (write methods in upper case, or ANY)"));
                     ok = false;
                 }
             }
@@ -881,23 +997,9 @@ fn validate_route(
             }
         }
     };
-    let any_of: Vec<String> = r
-        .scopes
-        .unwrap_or_default()
-        .into_iter()
-        .map(|s| s.0)
-        .collect();
-    let all_of: Vec<String> = r
-        .scopes_all
-        .unwrap_or_default()
-        .into_iter()
-        .map(|s| s.0)
-        .collect();
-    if any_of
-        .iter()
-        .chain(&all_of)
-        .any(|s| s.is_empty() || s.contains(' '))
-    {
+    let any_of: Vec<String> = r.scopes.unwrap_or_default().into_iter().map(|s| s.0).collect();
+    let all_of: Vec<String> = r.scopes_all.unwrap_or_default().into_iter().map(|s| s.0).collect();
+    if any_of.iter().chain(&all_of).any(|s| s.is_empty() || s.contains(' ')) {
         d.at(&span, "a scope must be non-empty and contain no spaces");
         ok = false;
     }
@@ -907,19 +1009,13 @@ fn validate_route(
             "jwt" => RouteAuth::Jwt { any_of, all_of },
             "none" => {
                 if !any_of.is_empty() || !all_of.is_empty() {
-                    d.at(
-                        &a.span(),
-                        "a route with auth = \"none\" cannot require scopes",
-                    );
+                    d.at(&a.span(), "a route with auth = \"none\" cannot require scopes");
                     ok = false;
                 }
                 RouteAuth::None
             }
             other => {
-                d.at(
-                    &a.span(),
-                    format!("auth must be \"jwt\" or \"none\", not {other:?}"),
-                );
+                d.at(&a.span(), format!("auth must be \"jwt\" or \"none\", not {other:?}"));
                 ok = false;
                 RouteAuth::None
             }
@@ -927,10 +1023,7 @@ fn validate_route(
     };
     let action = match (r.upstream, r.response) {
         (Some(_), Some(_)) => {
-            d.at(
-                &span,
-                "a route has either `upstream` or `response`, not both",
-            );
+            d.at(&span, "a route has either `upstream` or `response`, not both");
             None
         }
         (None, None) => {
@@ -940,39 +1033,24 @@ fn validate_route(
         (Some(u), None) => match upstreams.iter().position(|x| x.name == u.get_ref().0) {
             Some(i) => Some(Action::Upstream(i)),
             None => {
-                d.at(
-                    &u.span(),
-                    format!("upstream {:?} is not defined in [upstreams]", u.get_ref().0),
-                );
+                d.at(&u.span(), format!("upstream {:?} is not defined in [upstreams]", u.get_ref().0));
                 None
             }
         },
         (None, Some(m)) => validate_mock(m, d).map(Action::Mock),
     };
     let action = action?;
-    ok.then_some(RouteConfig {
-        path,
-        methods,
-        auth,
-        action,
-        span,
-    })
+    ok.then_some(RouteConfig { path, methods, auth, action, span })
 }
 
 fn validate_mock(m: Spanned<RawMock>, d: &mut Diags<'_>) -> Option<MockResponse> {
     let m = m.into_inner();
     let status = match m.status {
         None => StatusCode::OK,
-        Some(s) => match u16::try_from(*s.get_ref())
-            .ok()
-            .and_then(|n| StatusCode::from_u16(n).ok())
-        {
+        Some(s) => match u16::try_from(*s.get_ref()).ok().and_then(|n| StatusCode::from_u16(n).ok()) {
             Some(st) if st.as_u16() >= 200 => st,
             _ => {
-                d.at(
-                    &s.span(),
-                    "response.status must be an HTTP status from 200 to 999",
-                );
+                d.at(&s.span(), "response.status must be an HTTP status from 200 to 999");
                 return None;
             }
         },
@@ -982,19 +1060,12 @@ fn validate_mock(m: Spanned<RawMock>, d: &mut Diags<'_>) -> Option<MockResponse>
         Some(c) => match HeaderValue::from_str(&c.get_ref().0) {
             Ok(v) => v,
             Err(_) => {
-                d.at(
-                    &c.span(),
-                    "response.content_type is not a valid header value",
-                );
+                d.at(&c.span(), "response.content_type is not a valid header value");
                 return None;
             }
         },
     };
-    Some(MockResponse {
-        status,
-        content_type,
-        body: Bytes::from(m.body.map(|b| b.0).unwrap_or_default()),
-    })
+    Some(MockResponse { status, content_type, body: Bytes::from(m.body.map(|b| b.0).unwrap_or_default()) })
 }
 
 #[cfg(test)]
@@ -1024,25 +1095,16 @@ mod tests {
     #[test]
     fn env_expansion_and_unset_variable() {
         std::env::set_var("SCOPEGATE_TEST_HOST", "127.0.0.1");
-        assert_eq!(
-            expand_env("http://${SCOPEGATE_TEST_HOST}:1").unwrap(),
-            "http://127.0.0.1:1"
-        );
+        assert_eq!(expand_env("http://${SCOPEGATE_TEST_HOST}:1").unwrap(), "http://127.0.0.1:1");
         let e = errs("[upstreams.a]\nurl = \"http://${SCOPEGATE_SURELY_UNSET}\"\n");
         assert_eq!(e.len(), 1);
-        assert!(
-            e[0].starts_with("g.toml:2:7: ") && e[0].contains("SCOPEGATE_SURELY_UNSET"),
-            "{e:?}"
-        );
+        assert!(e[0].starts_with("g.toml:2:7: ") && e[0].contains("SCOPEGATE_SURELY_UNSET"), "{e:?}");
     }
 
     #[test]
     fn bad_duration_is_positioned() {
         let e = errs("[server]\nrequest_timeout = \"soon\"\n");
-        assert!(
-            e[0].starts_with("g.toml:2:19: ") && e[0].contains("invalid duration"),
-            "{e:?}"
-        );
+        assert!(e[0].starts_with("g.toml:2:19: ") && e[0].contains("invalid duration"), "{e:?}");
     }
 
     #[test]

@@ -102,8 +102,7 @@ impl Reject {
             Reject::NotFound => StatusCode::NOT_FOUND,
             Reject::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Reject::HeaderTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            Reject::Unauthorized(_)
-            | Reject::InsufficientScope(ScopeFailureStatus::Unauthorized) => {
+            Reject::Unauthorized(_) | Reject::InsufficientScope(ScopeFailureStatus::Unauthorized) => {
                 StatusCode::UNAUTHORIZED
             }
             Reject::InsufficientScope(ScopeFailureStatus::Forbidden) => StatusCode::FORBIDDEN,
@@ -119,11 +118,8 @@ impl Reject {
             Reject::NotFound => r#"{"message":"Not Found"}"#,
             Reject::MethodNotAllowed { .. } => r#"{"message":"Method Not Allowed"}"#,
             Reject::HeaderTooLarge => r#"{"message":"Request Header Fields Too Large"}"#,
-            Reject::Unauthorized(_)
-            | Reject::InsufficientScope(ScopeFailureStatus::Unauthorized) => UNAUTHORIZED,
-            Reject::InsufficientScope(ScopeFailureStatus::Forbidden) => {
-                r#"{"message":"Forbidden"}"#
-            }
+            Reject::Unauthorized(_) | Reject::InsufficientScope(ScopeFailureStatus::Unauthorized) => UNAUTHORIZED,
+            Reject::InsufficientScope(ScopeFailureStatus::Forbidden) => r#"{"message":"Forbidden"}"#,
             Reject::KeysUnavailable => r#"{"message":"Service Unavailable"}"#,
             Reject::BadGateway => r#"{"message":"Bad Gateway"}"#,
             Reject::GatewayTimeout => r#"{"message":"Gateway Timeout"}"#,
@@ -132,31 +128,20 @@ impl Reject {
 
     /// The complete answer: status, JSON body, and the headers each outcome owes the client.
     pub fn into_response(self) -> Response<Body> {
-        let mut resp = Response::new(Body::Right(Full::new(Bytes::from_static(
-            self.body().as_bytes(),
-        ))));
+        let mut resp = Response::new(Body::Right(Full::new(Bytes::from_static(self.body().as_bytes()))));
         *resp.status_mut() = self.status();
         let h = resp.headers_mut();
-        h.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
         match self {
             // RFC 6750 §3: no error code when the request carried no token at all.
             Reject::Unauthorized(AuthFailure::Missing) => {
                 h.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             }
             Reject::Unauthorized(_) => {
-                h.insert(
-                    header::WWW_AUTHENTICATE,
-                    HeaderValue::from_static(r#"Bearer error="invalid_token""#),
-                );
+                h.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(r#"Bearer error="invalid_token""#));
             }
             Reject::InsufficientScope(_) => {
-                h.insert(
-                    header::WWW_AUTHENTICATE,
-                    HeaderValue::from_static(r#"Bearer error="insufficient_scope""#),
-                );
+                h.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(r#"Bearer error="insufficient_scope""#));
             }
             Reject::MethodNotAllowed { allow } => {
                 h.insert(header::ALLOW, allow);
@@ -175,15 +160,10 @@ impl Reject {
 }
 
 /// A JSON answer the gateway writes itself, outside the reject table (mock routes, issuer).
-pub fn json_response(
-    status: StatusCode,
-    content_type: &HeaderValue,
-    body: Bytes,
-) -> Response<Body> {
+pub fn json_response(status: StatusCode, content_type: &HeaderValue, body: Bytes) -> Response<Body> {
     let mut resp = Response::new(Body::Right(Full::new(body)));
     *resp.status_mut() = status;
-    resp.headers_mut()
-        .insert(header::CONTENT_TYPE, content_type.clone());
+    resp.headers_mut().insert(header::CONTENT_TYPE, content_type.clone());
     resp
 }
 
@@ -195,14 +175,8 @@ mod tests {
     async fn parts(r: Reject) -> (u16, String, Option<String>, Option<String>) {
         let resp = r.into_response();
         let status = resp.status().as_u16();
-        let www = resp
-            .headers()
-            .get("www-authenticate")
-            .map(|v| v.to_str().unwrap().to_owned());
-        let ct = resp
-            .headers()
-            .get("content-type")
-            .map(|v| v.to_str().unwrap().to_owned());
+        let www = resp.headers().get("www-authenticate").map(|v| v.to_str().unwrap().to_owned());
+        let ct = resp.headers().get("content-type").map(|v| v.to_str().unwrap().to_owned());
         let body = resp.into_body().collect().await.unwrap().to_bytes();
         (status, String::from_utf8(body.to_vec()).unwrap(), www, ct)
     }
@@ -211,33 +185,16 @@ mod tests {
     async fn every_reject_has_its_answer() {
         let json = Some("application/json".to_owned());
         let rows: Vec<(Reject, u16, &str, Option<&str>)> = vec![
-            (
-                Reject::BadRequest,
-                400,
-                r#"{"message":"Bad Request"}"#,
-                None,
-            ),
+            (Reject::BadRequest, 400, r#"{"message":"Bad Request"}"#, None),
             (Reject::NotFound, 404, r#"{"message":"Not Found"}"#, None),
             (
-                Reject::MethodNotAllowed {
-                    allow: HeaderValue::from_static("GET"),
-                },
+                Reject::MethodNotAllowed { allow: HeaderValue::from_static("GET") },
                 405,
                 r#"{"message":"Method Not Allowed"}"#,
                 None,
             ),
-            (
-                Reject::HeaderTooLarge,
-                431,
-                r#"{"message":"Request Header Fields Too Large"}"#,
-                None,
-            ),
-            (
-                Reject::Unauthorized(AuthFailure::Missing),
-                401,
-                UNAUTHORIZED,
-                Some("Bearer"),
-            ),
+            (Reject::HeaderTooLarge, 431, r#"{"message":"Request Header Fields Too Large"}"#, None),
+            (Reject::Unauthorized(AuthFailure::Missing), 401, UNAUTHORIZED, Some("Bearer")),
             (
                 Reject::InsufficientScope(ScopeFailureStatus::Unauthorized),
                 401,
@@ -250,24 +207,9 @@ mod tests {
                 r#"{"message":"Forbidden"}"#,
                 Some(r#"Bearer error="insufficient_scope""#),
             ),
-            (
-                Reject::KeysUnavailable,
-                503,
-                r#"{"message":"Service Unavailable"}"#,
-                None,
-            ),
-            (
-                Reject::BadGateway,
-                502,
-                r#"{"message":"Bad Gateway"}"#,
-                None,
-            ),
-            (
-                Reject::GatewayTimeout,
-                504,
-                r#"{"message":"Gateway Timeout"}"#,
-                None,
-            ),
+            (Reject::KeysUnavailable, 503, r#"{"message":"Service Unavailable"}"#, None),
+            (Reject::BadGateway, 502, r#"{"message":"Bad Gateway"}"#, None),
+            (Reject::GatewayTimeout, 504, r#"{"message":"Gateway Timeout"}"#, None),
         ];
         for (reject, status, body, www) in rows {
             let got = parts(reject.clone()).await;
@@ -276,10 +218,7 @@ mod tests {
             assert_eq!(got.2.as_deref(), www, "{reject:?}");
             assert_eq!(got.3, json, "{reject:?}");
         }
-        for f in AuthFailure::ALL
-            .into_iter()
-            .filter(|f| *f != AuthFailure::Missing)
-        {
+        for f in AuthFailure::ALL.into_iter().filter(|f| *f != AuthFailure::Missing) {
             let got = parts(Reject::Unauthorized(f)).await;
             assert_eq!((got.0, got.1.as_str()), (401, UNAUTHORIZED));
             assert_eq!(got.2.as_deref(), Some(r#"Bearer error="invalid_token""#));

@@ -5,11 +5,15 @@
 //! [`auth::verify`] -> [`auth::scope`] -> [`upstream`]; every refusal is an
 //! [`error::Reject`], turned into its answer in one place.
 
+pub mod admin;
 pub mod auth;
 pub mod config;
 pub mod error;
+pub mod issuer;
 pub mod listener;
+pub mod metrics;
 pub mod proxy;
+pub mod reload;
 pub mod route;
 pub mod snapshot;
 pub mod upstream;
@@ -17,7 +21,6 @@ pub mod upstream;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,8 +29,9 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::config::{Config, ConfigError};
+use crate::metrics::Metrics;
 use crate::proxy::Shared;
-use crate::snapshot::Snapshot;
+use crate::snapshot::{Runtime, Snapshot};
 
 /// How long start-up waits for every issuer's first key fetch before serving anyway (tokens
 /// of an issuer without keys get 503 until its keys arrive).
@@ -62,41 +66,60 @@ impl From<ConfigError> for Error {
 /// A running gateway.
 pub struct Server {
     addr: SocketAddr,
+    admin_addr: Option<SocketAddr>,
     shared: Arc<Shared>,
+    runtime: Arc<Runtime>,
     shutdown: watch::Sender<bool>,
-    task: JoinHandle<()>,
+    data: JoinHandle<()>,
+    side_tasks: Vec<JoinHandle<()>>,
 }
 
 impl Server {
-    /// Loads the config at `path`, binds its listener, waits (bounded) for every issuer's
-    /// first key fetch, and serves in the background.
+    /// Loads the config at `path`, binds its listeners, waits (bounded) for every issuer's
+    /// first key fetch, and serves in the background until [`Server::shutdown`].
     pub async fn start(path: &Path) -> Result<Server, Error> {
+        Server::start_with_registry(path, prometheus::Registry::new()).await
+    }
+
+    /// As [`Server::start`], registering the metrics in `registry`.
+    pub async fn start_with_registry(path: &Path, registry: prometheus::Registry) -> Result<Server, Error> {
         let config = Config::load(path)?;
-        let fetch = auth::jwks::fetch_client();
-        let listen = config.server.listen;
-        let snapshot = Snapshot::build(config, None, &fetch).map_err(Error::Start)?;
+        let metrics = Arc::new(Metrics::new(registry).map_err(|e| Error::Start(e.to_string()))?);
+        let runtime = Arc::new(Runtime { fetch: auth::jwks::fetch_client(), metrics: Arc::clone(&metrics) });
+        let (listen, admin_listen) = (config.server.listen, config.server.admin_listen);
+        let snapshot = Snapshot::build(config, None, &runtime).map_err(Error::Start)?;
         let first_keys: Vec<_> = snapshot.verifier.issuers().cloned().collect();
-        let shared = Arc::new(Shared::new(snapshot));
-        let listener = TcpListener::bind(listen)
-            .await
-            .map_err(|e| Error::Bind(listen, e))?;
+        let shared = Arc::new(Shared::new(snapshot, path.to_owned(), metrics));
+        let listener = TcpListener::bind(listen).await.map_err(|e| Error::Bind(listen, e))?;
         let addr = listener.local_addr().map_err(|e| Error::Bind(listen, e))?;
-        futures_util::future::join_all(first_keys.iter().map(|i| i.first_attempt(FIRST_KEYS_WAIT)))
-            .await;
-        drop(first_keys);
+        let admin = match admin_listen {
+            Some(a) => Some(TcpListener::bind(a).await.map_err(|e| Error::Bind(a, e))?),
+            None => None,
+        };
+        let admin_addr = match &admin {
+            Some(l) => Some(l.local_addr().map_err(|e| Error::Bind(addr, e))?),
+            None => None,
+        };
         let (shutdown, rx) = watch::channel(false);
-        let task = tokio::spawn(listener::serve(listener, Arc::clone(&shared), rx));
-        tracing::info!(%addr, "scopegate listening");
-        Ok(Server {
-            addr,
-            shared,
-            shutdown,
-            task,
-        })
+        let mut side_tasks = Vec::new();
+        // The admin listener answers while keys load: /readyz says 503 until they are there.
+        if let Some(l) = admin {
+            side_tasks.push(tokio::spawn(admin::serve(l, Arc::clone(&shared), rx.clone())));
+        }
+        futures_util::future::join_all(first_keys.iter().map(|i| i.first_attempt(FIRST_KEYS_WAIT))).await;
+        drop(first_keys);
+        side_tasks.push(tokio::spawn(reload::watch(Arc::clone(&shared), Arc::clone(&runtime), rx.clone())));
+        let data = tokio::spawn(listener::serve(listener, Arc::clone(&shared), rx));
+        tracing::info!(%addr, admin = ?admin_addr, config = %path.display(), "scopegate listening");
+        Ok(Server { addr, admin_addr, shared, runtime, shutdown, data, side_tasks })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
     }
 
     /// True when config is loaded, every issuer has keys, and the server is not draining.
@@ -104,11 +127,24 @@ impl Server {
         self.shared.ready()
     }
 
-    /// Stops accepting, lets in-flight requests finish within `shutdown_grace`, then returns.
+    pub fn metrics(&self) -> &Metrics {
+        &self.shared.metrics
+    }
+
+    /// Re-reads the config now, as SIGHUP does. Returns the error text of a rejected file.
+    pub async fn reload(&self) -> Result<(), String> {
+        reload::reload(&self.shared, &self.runtime).await
+    }
+
+    /// Stops accepting, reports not-ready, lets in-flight requests finish within
+    /// `shutdown_grace`, then stops the admin listener and the watchers.
     pub async fn shutdown(self) {
-        self.shared.draining.store(true, Ordering::Relaxed);
+        self.shared.start_draining();
         let _ = self.shutdown.send(true);
-        let _ = self.task.await;
+        let _ = self.data.await;
+        for t in self.side_tasks {
+            let _ = t.await;
+        }
     }
 }
 

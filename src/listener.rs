@@ -11,7 +11,31 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 
+use crate::config::TlsConfig;
 use crate::proxy::{self, ConnInfo, Shared};
+
+/// Builds the rustls server config from PEM files: TLS 1.2 and 1.3 with rustls' modern cipher
+/// suites (aws-lc-rs), ALPN h2 then http/1.1.
+pub fn tls_config(t: &TlsConfig) -> Result<Arc<rustls::ServerConfig>, String> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&t.cert)
+        .and_then(|it| it.collect::<Result<_, _>>())
+        .map_err(|e| format!("tls cert {}: {e}", t.cert.display()))?;
+    if certs.is_empty() {
+        return Err(format!("tls cert {}: no certificate in the file", t.cert.display()));
+    }
+    let key = PrivateKeyDer::from_pem_file(&t.key).map_err(|e| format!("tls key {}: {e}", t.key.display()))?;
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| format!("tls {} / {}: {e}", t.cert.display(), t.key.display()))?;
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(cfg))
+}
 
 /// A protocol builder for the limits of the current snapshot. Built per connection, so a
 /// reload's new limits apply to new connections.
@@ -36,17 +60,15 @@ fn builder(shared: &Shared) -> auto::Builder<TokioExecutor> {
 }
 
 /// Resolves once `shutdown` turns true (or its sender is gone).
-async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+pub async fn stopped(shutdown: &mut watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|s| *s).await;
 }
 
 /// Accepts until `shutdown` turns true, then waits for in-flight connections up to `grace`.
-pub async fn serve(
-    listener: TcpListener,
-    shared: Arc<Shared>,
-    mut shutdown: watch::Receiver<bool>,
-) {
+pub async fn serve(listener: TcpListener, shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
     let max = shared.snapshot.load().config.server.max_connections;
+    // TLS or not is decided when the listener starts; certificates follow each snapshot.
+    let mut tls = shared.snapshot.load().tls.clone();
     let limit = Arc::new(Semaphore::new(max));
     let graceful = GracefulShutdown::new();
     loop {
@@ -71,30 +93,53 @@ pub async fn serve(
             () = stopped(&mut shutdown) => break,
         };
         let _ = stream.set_nodelay(true);
-        let info = Arc::new(ConnInfo { remote, tls: false });
         let shared_c = Arc::clone(&shared);
-        let service =
-            service_fn(move |req| proxy::handle(Arc::clone(&shared_c), Arc::clone(&info), req));
-        let conn = builder(&shared)
-            .serve_connection_with_upgrades(TokioIo::new(stream), service)
-            .into_owned();
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "connection ended with an error");
+        let builder = builder(&shared);
+        if let Some(current) = &mut tls {
+            if let Some(newest) = &shared.snapshot.load().tls {
+                if !Arc::ptr_eq(current, newest) {
+                    *current = Arc::clone(newest);
+                }
             }
-            drop(permit);
-        });
+            let acceptor = tokio_rustls::TlsAcceptor::from(Arc::clone(current));
+            let handshake_timeout = shared.snapshot.load().config.server.header_read_timeout;
+            let watcher = graceful.watcher();
+            tokio::spawn(async move {
+                let stream = match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => {
+                        tracing::debug!(%remote, error = %e, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!(%remote, "TLS handshake timed out");
+                        return;
+                    }
+                };
+                let info = Arc::new(ConnInfo { remote, tls: true });
+                let service = service_fn(move |req| proxy::handle(Arc::clone(&shared_c), Arc::clone(&info), req));
+                let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                if let Err(e) = watcher.watch(conn.into_owned()).await {
+                    tracing::debug!(error = %e, "connection ended with an error");
+                }
+                drop(permit);
+            });
+        } else {
+            let info = Arc::new(ConnInfo { remote, tls: false });
+            let service = service_fn(move |req| proxy::handle(Arc::clone(&shared_c), Arc::clone(&info), req));
+            let conn =
+                graceful.watch(builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned());
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(error = %e, "connection ended with an error");
+                }
+                drop(permit);
+            });
+        }
     }
     drop(listener);
     let grace = shared.snapshot.load().config.server.shutdown_grace;
-    if tokio::time::timeout(grace, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!(
-            ?grace,
-            "shutdown grace elapsed; closing remaining connections"
-        );
+    if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
+        tracing::warn!(?grace, "shutdown grace elapsed; closing remaining connections");
     }
 }

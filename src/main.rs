@@ -7,20 +7,10 @@ use clap::{Parser, Subcommand};
 use scopegate::config::{Config, LogFormat};
 
 #[derive(Parser)]
-#[command(
-    name = "scopegate",
-    version,
-    about = "OAuth 2.0 bearer-JWT reverse-proxy gateway"
-)]
+#[command(name = "scopegate", version, about = "OAuth 2.0 bearer-JWT reverse-proxy gateway")]
 struct Cli {
     /// Config file [default: $SCOPEGATE_CONFIG, else ./gateway.toml]
-    #[arg(
-        long,
-        global = true,
-        env = "SCOPEGATE_CONFIG",
-        default_value = "gateway.toml",
-        hide_default_value = true
-    )]
+    #[arg(long, global = true, env = "SCOPEGATE_CONFIG", default_value = "gateway.toml", hide_default_value = true)]
     config: PathBuf,
     #[command(subcommand)]
     command: Option<Command>,
@@ -30,20 +20,59 @@ struct Cli {
 enum Command {
     /// Validate the config and print a summary of listeners, issuers, upstreams and routes
     Check,
+    /// Mint an access token with the built-in issuer's key (local development)
+    Token {
+        /// The client the token is for (must be in [[issuer.clients]])
+        #[arg(long)]
+        client_id: String,
+        /// Space-separated scopes; default: every scope the client is allowed
+        #[arg(long)]
+        scope: Option<String>,
+    },
+    /// Read a client secret on stdin and print the hash for `client_secret_hash`
+    HashSecret,
+}
+
+fn mint(config: &std::path::Path, client_id: &str, scope: Option<&str>) -> Result<String, String> {
+    use scopegate::issuer::BuiltinIssuer;
+    let config = Config::load(config).map_err(|e| e.to_string())?;
+    let Some(b) = config.issuer else {
+        return Err(format!("{}: no [issuer] is configured", config.path.display()));
+    };
+    if b.signing_key.is_none() {
+        return Err(format!(
+            "{}: [issuer] has no signing_key; its key is generated in memory at start, so a token minted here would not verify against a running gateway",
+            config.path.display()
+        ));
+    }
+    let issuer = BuiltinIssuer::build(b, None)?;
+    let client =
+        issuer.client(client_id).ok_or_else(|| format!("client {client_id:?} is not in [[issuer.clients]]"))?;
+    let scopes = BuiltinIssuer::grant(client, scope)
+        .map_err(|_| format!("invalid_scope: client {client_id:?} is not allowed every requested scope"))?;
+    issuer.mint(client_id, &scopes)
+}
+
+fn hash_stdin() -> Result<String, String> {
+    use std::io::Read as _;
+    let mut secret = Vec::new();
+    std::io::stdin().read_to_end(&mut secret).map_err(|e| e.to_string())?;
+    // One trailing newline is how `echo` and editors end input; it is not part of the secret.
+    if secret.last() == Some(&b'\n') {
+        secret.pop();
+    }
+    if secret.is_empty() {
+        return Err("the secret on stdin is empty".to_owned());
+    }
+    scopegate::issuer::hash_secret(&secret)
 }
 
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stdout);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stdout);
     match format {
-        LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(false)
-            .init(),
+        LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).init(),
         LogFormat::Text => builder.init(),
     }
 }
@@ -54,6 +83,26 @@ fn main() -> ExitCode {
         Some(Command::Check) => match Config::load(&cli.config) {
             Ok(c) => {
                 print!("{}", c.summary());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::from(2)
+            }
+        },
+        Some(Command::Token { client_id, scope }) => match mint(&cli.config, &client_id, scope.as_deref()) {
+            Ok(token) => {
+                println!("{token}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::from(2)
+            }
+        },
+        Some(Command::HashSecret) => match hash_stdin() {
+            Ok(hash) => {
+                println!("{hash}");
                 ExitCode::SUCCESS
             }
             Err(e) => {
@@ -72,10 +121,7 @@ fn main() -> ExitCode {
                 }
             };
             init_logging(format);
-            let rt = match tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-            {
+            let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
                 Ok(rt) => rt,
                 Err(e) => {
                     eprintln!("cannot start the runtime: {e}");

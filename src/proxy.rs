@@ -8,6 +8,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -22,6 +23,8 @@ use crate::auth::verify::Principal;
 use crate::auth::{extract, scope};
 use crate::config::{Action, RouteAuth};
 use crate::error::{json_response, Body, Reject};
+use crate::issuer::BuiltinIssuer;
+use crate::metrics::{method_label, Metrics};
 use crate::route::{self, Match};
 use crate::snapshot::Snapshot;
 use crate::upstream::{self, Upstream};
@@ -34,20 +37,27 @@ const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host")
 /// State shared by every connection of the process.
 pub struct Shared {
     pub snapshot: ArcSwap<Snapshot>,
-    pub draining: AtomicBool,
+    pub config_path: PathBuf,
+    pub metrics: Arc<Metrics>,
+    draining: AtomicBool,
 }
 
 impl Shared {
-    pub fn new(snapshot: Snapshot) -> Shared {
-        Shared {
-            snapshot: ArcSwap::from_pointee(snapshot),
-            draining: AtomicBool::new(false),
-        }
+    pub fn new(snapshot: Snapshot, config_path: PathBuf, metrics: Arc<Metrics>) -> Shared {
+        Shared { snapshot: ArcSwap::from_pointee(snapshot), config_path, metrics, draining: AtomicBool::new(false) }
     }
 
     /// Ready to take traffic: not draining and every issuer has keys.
     pub fn ready(&self) -> bool {
-        !self.draining.load(Ordering::Relaxed) && self.snapshot.load().ready()
+        !self.is_draining() && self.snapshot.load().ready()
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::Relaxed);
     }
 }
 
@@ -63,6 +73,7 @@ struct Access<'a> {
     upstream: &'a str,
     client_id: Option<Arc<Principal>>,
     reason: &'static str,
+    auth_failure: Option<&'static str>,
 }
 
 /// Serves one request. Never fails: every outcome is an answer.
@@ -76,20 +87,26 @@ pub async fn handle(
     let request_id = request_id(req.headers());
     let method = req.method().clone();
     let raw_path = req.uri().path().to_owned();
-    let mut access = Access {
-        route: "",
-        upstream: "",
-        client_id: None,
-        reason: "",
-    };
-    let mut resp = match pipeline(&snap, &conn, req, &request_id, &mut access).await {
+    let mut access = Access { route: "", upstream: "", client_id: None, reason: "", auth_failure: None };
+    let mut resp = match pipeline(&snap, &shared.metrics, &conn, req, &request_id, &mut access).await {
         Ok(resp) => resp,
         Err(reject) => {
             access.reason = reject.reason();
+            if matches!(reject, Reject::Unauthorized(_) | Reject::InsufficientScope(_)) {
+                access.auth_failure = Some(reject.reason());
+            }
             reject.into_response()
         }
     };
     resp.headers_mut().insert(X_REQUEST_ID, request_id.clone());
+    let elapsed = start.elapsed();
+    let route_label = if access.route.is_empty() { "none" } else { access.route };
+    let m = &shared.metrics;
+    m.requests.with_label_values(&[route_label, method_label(&method), resp.status().as_str()]).inc();
+    m.request_duration.with_label_values(&[route_label]).observe(elapsed.as_secs_f64());
+    if let Some(kind) = access.auth_failure {
+        m.auth_failures.with_label_values(&[kind]).inc();
+    }
     tracing::info!(
         target: "scopegate::access",
         request_id = request_id.to_str().unwrap_or(""),
@@ -98,7 +115,7 @@ pub async fn handle(
         route = access.route,
         status = resp.status().as_u16(),
         upstream = access.upstream,
-        duration_us = u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX),
+        duration_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
         client_id = access.client_id.as_ref().map_or("", |p| p.client_id.as_str()),
         reason = access.reason,
     );
@@ -121,13 +138,12 @@ fn request_id(headers: &HeaderMap) -> HeaderValue {
 /// Size of the request head as the client sent it (request line and header fields).
 fn head_size<B>(req: &Request<B>) -> usize {
     let line = req.method().as_str().len() + req.uri().to_string().len() + 12;
-    req.headers()
-        .iter()
-        .fold(line, |n, (k, v)| n + k.as_str().len() + v.len() + 4)
+    req.headers().iter().fold(line, |n, (k, v)| n + k.as_str().len() + v.len() + 4)
 }
 
 async fn pipeline<'s>(
     snap: &'s Snapshot,
+    metrics: &Metrics,
     conn: &ConnInfo,
     mut req: Request<Incoming>,
     request_id: &HeaderValue,
@@ -138,6 +154,14 @@ async fn pipeline<'s>(
         return Err(Reject::HeaderTooLarge);
     }
     let path = route::normalize(req.uri().path()).map_err(|_| Reject::BadRequest)?;
+    // The built-in issuer's endpoints come before the route table.
+    if let Some(issuer) = &snap.issuer {
+        if BuiltinIssuer::owns(&path) {
+            access.route = "issuer";
+            let issuer = Arc::clone(issuer);
+            return issuer.handle(req, metrics).await;
+        }
+    }
     let idx = match snap.table.lookup(&path, req.method()) {
         Match::Found(i) => i,
         Match::MethodNotAllowed(allow) => return Err(Reject::MethodNotAllowed { allow }),
@@ -149,8 +173,7 @@ async fn pipeline<'s>(
     let principal = match &route.auth {
         RouteAuth::None => None,
         RouteAuth::Jwt { any_of, all_of } => {
-            let token =
-                extract::bearer(req.headers(), &cfg.auth.header).map_err(Reject::Unauthorized)?;
+            let token = extract::bearer(req.headers(), &cfg.auth.header).map_err(Reject::Unauthorized)?;
             let who = snap.verifier.verify(token).await?;
             access.client_id = Some(Arc::clone(&who));
             if !scope::allows(any_of, all_of, &who) {
@@ -173,15 +196,11 @@ async fn pipeline<'s>(
         .or_else(|| req.headers().get(header::HOST).cloned());
     drop(path);
     *req.uri_mut() = uri;
-    rewrite_headers(
-        snap,
-        conn,
-        &mut req,
-        request_id,
-        forwarded_host,
-        principal.as_deref(),
-    );
-    forward(snap, upstream, req).await
+    rewrite_headers(snap, conn, &mut req, request_id, forwarded_host, principal.as_deref());
+    let sent = Instant::now();
+    let resp = forward(snap, upstream, req).await;
+    metrics.upstream_duration.with_label_values(&[&upstream.config.name]).observe(sent.elapsed().as_secs_f64());
+    resp
 }
 
 /// Header hygiene for the upstream request (SPEC §3.5).
@@ -211,10 +230,7 @@ fn rewrite_headers(
     if let Ok(v) = HeaderValue::from_str(&xff) {
         h.insert(X_FORWARDED_FOR, v);
     }
-    h.insert(
-        X_FORWARDED_PROTO,
-        HeaderValue::from_static(if conn.tls { "https" } else { "http" }),
-    );
+    h.insert(X_FORWARDED_PROTO, HeaderValue::from_static(if conn.tls { "https" } else { "http" }));
     match forwarded_host {
         Some(v) => h.insert(X_FORWARDED_HOST, v),
         None => h.remove(X_FORWARDED_HOST),
@@ -227,16 +243,10 @@ fn rewrite_headers(
     }
 }
 
-async fn forward(
-    snap: &Snapshot,
-    upstream: &Upstream,
-    mut req: Request<Incoming>,
-) -> Result<Response<Body>, Reject> {
+async fn forward(snap: &Snapshot, upstream: &Upstream, mut req: Request<Incoming>) -> Result<Response<Body>, Reject> {
     let upgrade = upstream::is_upgrade(req.headers());
     let client_side = upgrade.then(|| hyper::upgrade::on(&mut req));
-    let mut resp = upstream
-        .send(req, snap.config.server.request_timeout)
-        .await?;
+    let mut resp = upstream.send(req, snap.config.server.request_timeout).await?;
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         let Some(client_side) = client_side else {
             // A 101 the client never asked for cannot be relayed.

@@ -106,10 +106,8 @@ fn decode_unreserved(b: &[u8]) -> Result<String, PathError> {
         match b[i] {
             b'\\' => return Err(PathError::ForbiddenCharacter),
             b'%' => {
-                let (Some(hi), Some(lo)) = (
-                    b.get(i + 1).copied().and_then(hex),
-                    b.get(i + 2).copied().and_then(hex),
-                ) else {
+                let (Some(hi), Some(lo)) = (b.get(i + 1).copied().and_then(hex), b.get(i + 2).copied().and_then(hex))
+                else {
                     return Err(PathError::BadPercentEncoding);
                 };
                 let v = hi << 4 | lo;
@@ -118,11 +116,7 @@ fn decode_unreserved(b: &[u8]) -> Result<String, PathError> {
                     v if is_unreserved(v) => out.push(v),
                     v => {
                         const HEX: &[u8; 16] = b"0123456789ABCDEF";
-                        out.extend_from_slice(&[
-                            b'%',
-                            HEX[usize::from(v >> 4)],
-                            HEX[usize::from(v & 15)],
-                        ]);
+                        out.extend_from_slice(&[b'%', HEX[usize::from(v >> 4)], HEX[usize::from(v & 15)]]);
                     }
                 }
                 i += 3;
@@ -171,24 +165,16 @@ fn parse_template(path: &str) -> Result<Vec<Segment>, String> {
                 None => (inner, false),
             };
             if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
-                return Err(format!(
-                    "{s:?} is not a valid parameter (letters, digits, '_')"
-                ));
+                return Err(format!("{s:?} is not a valid parameter (letters, digits, '_')"));
             }
             if greedy && i + 1 != raw.len() {
                 return Err(format!("greedy parameter {s:?} must be the last segment"));
             }
-            segs.push(if greedy {
-                Segment::Greedy
-            } else {
-                Segment::Param
-            });
+            segs.push(if greedy { Segment::Greedy } else { Segment::Param });
             continue;
         }
         if s.contains(['{', '}', '?', '#']) {
-            return Err(format!(
-                "segment {s:?} has a character that is not allowed in a literal"
-            ));
+            return Err(format!("segment {s:?} has a character that is not allowed in a literal"));
         }
         if *s == "." || *s == ".." {
             return Err("must not have '.' or '..' segments".to_owned());
@@ -213,11 +199,7 @@ struct Endpoint {
 
 impl Endpoint {
     fn find(&self, method: &Method) -> Option<usize> {
-        self.explicit
-            .iter()
-            .find(|(m, _)| m == method)
-            .map(|(_, i)| *i)
-            .or(self.any)
+        self.explicit.iter().find(|(m, _)| m == method).map(|(_, i)| *i).or(self.any)
     }
 }
 
@@ -269,9 +251,7 @@ impl Table {
                 match seg {
                     Segment::Literal(l) => node = node.literals.entry(l).or_default(),
                     Segment::Param => node = node.param.get_or_insert_with(Box::default),
-                    Segment::Greedy => {
-                        endpoint = Some(node.greedy.get_or_insert_with(Endpoint::default))
-                    }
+                    Segment::Greedy => endpoint = Some(node.greedy.get_or_insert_with(Endpoint::default)),
                 }
             }
             let endpoint = match endpoint {
@@ -338,18 +318,11 @@ impl Table {
 
 /// Depth-first over the trie in precedence order; `rest` is the path after the current node,
 /// without its leading slash (empty when the path ends at this node).
-fn walk(
-    node: &Node,
-    rest: &str,
-    method: &Method,
-    allowed: &mut Option<Vec<usize>>,
-) -> Option<usize> {
+fn walk(node: &Node, rest: &str, method: &Method, allowed: &mut Option<Vec<usize>>) -> Option<usize> {
     let note = |e: &Endpoint, allowed: &mut Option<Vec<usize>>| -> Option<usize> {
         let found = e.find(method);
         if found.is_none() {
-            allowed
-                .get_or_insert_with(Vec::new)
-                .extend(e.explicit.iter().map(|(_, i)| *i));
+            allowed.get_or_insert_with(Vec::new).extend(e.explicit.iter().map(|(_, i)| *i));
         }
         found
     };
@@ -437,20 +410,11 @@ mod tests {
 
     #[test]
     fn normal_paths_are_not_copied() {
-        assert!(matches!(
-            normalize("/book/123/x.json"),
-            Ok(Cow::Borrowed(_))
-        ));
+        assert!(matches!(normalize("/book/123/x.json"), Ok(Cow::Borrowed(_))));
     }
 
     fn route(path: &str, methods: Methods) -> RouteConfig {
-        RouteConfig {
-            path: path.to_owned(),
-            methods,
-            auth: RouteAuth::None,
-            action: Action::Upstream(0),
-            span: 0..0,
-        }
+        RouteConfig { path: path.to_owned(), methods, auth: RouteAuth::None, action: Action::Upstream(0), span: 0..0 }
     }
 
     fn get() -> Methods {
@@ -480,18 +444,12 @@ mod tests {
 
     #[test]
     fn not_found_and_method_not_allowed() {
-        let routes = vec![
-            route("/book", get()),
-            route("/book", Methods::Only(vec![Method::POST])),
-        ];
+        let routes = vec![route("/book", get()), route("/book", Methods::Only(vec![Method::POST]))];
         let t = Table::build(&routes).unwrap();
         assert_eq!(t.lookup("/user", &Method::GET), Match::NotFound);
         assert_eq!(t.lookup("/book/", &Method::GET), Match::NotFound);
         assert_eq!(t.lookup("/", &Method::GET), Match::NotFound);
-        assert_eq!(
-            t.lookup("/book", &Method::DELETE),
-            Match::MethodNotAllowed(HeaderValue::from_static("GET, POST"))
-        );
+        assert_eq!(t.lookup("/book", &Method::DELETE), Match::MethodNotAllowed(HeaderValue::from_static("GET, POST")));
     }
 
     #[test]
@@ -523,9 +481,7 @@ mod tests {
 
     #[test]
     fn templates_are_checked() {
-        for bad in [
-            "a", "/a/", "/a//b", "/{p+}/x", "/{}", "/a/{b", "/../a", "/a%2Fb",
-        ] {
+        for bad in ["a", "/a/", "/a//b", "/{p+}/x", "/{}", "/a/{b", "/../a", "/a%2Fb"] {
             assert!(check_template(bad).is_err(), "{bad}");
         }
         for good in ["/", "/a", "/a/{b}", "/a/{rest+}", "/caf%C3%A9"] {

@@ -74,9 +74,7 @@ pub fn https_connector(
     let mut roots = native_roots().clone();
     if let Some(path) = ca_file {
         for cert in read_ca_file(path)? {
-            roots
-                .add(cert)
-                .map_err(|e| format!("{}: {e}", path.display()))?;
+            roots.add(cert).map_err(|e| format!("{}: {e}", path.display()))?;
         }
     }
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
@@ -117,10 +115,7 @@ impl Upstream {
     pub fn uri(&self, path: &str, query: Option<&str>) -> Result<Uri, Reject> {
         let c = &self.config;
         let mut s = String::with_capacity(
-            c.scheme_authority.len()
-                + c.path_prefix.len()
-                + path.len()
-                + query.map_or(0, |q| q.len() + 1),
+            c.scheme_authority.len() + c.path_prefix.len() + path.len() + query.map_or(0, |q| q.len() + 1),
         );
         s.push_str(&c.scheme_authority);
         s.push_str(&c.path_prefix);
@@ -133,11 +128,7 @@ impl Upstream {
     }
 
     /// Sends the prepared request; waits at most `timeout` for the response head.
-    pub async fn send(
-        &self,
-        mut req: Request<Incoming>,
-        timeout: Duration,
-    ) -> Result<Response<Incoming>, Reject> {
+    pub async fn send(&self, mut req: Request<Incoming>, timeout: Duration) -> Result<Response<Incoming>, Reject> {
         // The client picks the protocol to the upstream (h2 only when ALPN says so).
         *req.version_mut() = Version::HTTP_11;
         match tokio::time::timeout(timeout, self.client.request(req)).await {
@@ -197,11 +188,7 @@ pub fn strip_spoofable(headers: &mut HeaderMap) {
         headers.remove(name);
     }
     if headers.keys().any(|k| k.as_str().starts_with("x-auth-")) {
-        let names: Vec<HeaderName> = headers
-            .keys()
-            .filter(|k| k.as_str().starts_with("x-auth-"))
-            .cloned()
-            .collect();
+        let names: Vec<HeaderName> = headers.keys().filter(|k| k.as_str().starts_with("x-auth-")).cloned().collect();
         for n in names {
             headers.remove(n);
         }
@@ -215,10 +202,7 @@ mod tests {
     #[test]
     fn hop_by_hop_and_connection_named_headers_go() {
         let mut h = HeaderMap::new();
-        h.insert(
-            header::CONNECTION,
-            HeaderValue::from_static("keep-alive, foo"),
-        );
+        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, foo"));
         h.insert("foo", HeaderValue::from_static("1"));
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         h.insert(header::TE, HeaderValue::from_static("trailers"));
@@ -243,13 +227,7 @@ mod tests {
     #[test]
     fn spoofable_headers_go() {
         let mut h = HeaderMap::new();
-        for n in [
-            "x-auth-sub",
-            "x-auth-whatever",
-            "x-http-method-override",
-            "x-method-override",
-            "x-http-method",
-        ] {
+        for n in ["x-auth-sub", "x-auth-whatever", "x-http-method-override", "x-method-override", "x-http-method"] {
             h.insert(HeaderName::from_static(n), HeaderValue::from_static("v"));
         }
         h.insert("x-authz", HeaderValue::from_static("kept"));

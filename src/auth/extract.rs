@@ -54,9 +54,6 @@ mod tests {
             assert_eq!(bearer(&with(&[v]), &name), want, "{v:?}");
         }
         assert_eq!(bearer(&with(&[]), &name), Err(AuthFailure::Missing));
-        assert_eq!(
-            bearer(&with(&["a", "b"]), &name),
-            Err(AuthFailure::Malformed)
-        );
+        assert_eq!(bearer(&with(&["a", "b"]), &name), Err(AuthFailure::Malformed));
     }
 }

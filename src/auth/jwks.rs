@@ -18,6 +18,7 @@ use serde::Deserialize;
 use tokio::sync::{watch, Notify};
 
 use crate::config::{IssuerConfig, KeySource};
+use crate::metrics::Metrics;
 
 /// Largest JWKS or discovery document accepted.
 const MAX_DOCUMENT: usize = 1 << 20;
@@ -75,8 +76,7 @@ fn family_algorithms(jwk: &serde_json::Value) -> &'static [Algorithm] {
 impl KeySet {
     /// Parses a JWKS document, keeping only keys usable with `allowed`.
     pub fn parse(bytes: &[u8], allowed: &[Algorithm]) -> Result<KeySet, JwksError> {
-        let raw: RawSet =
-            serde_json::from_slice(bytes).map_err(|e| JwksError::Json(e.to_string()))?;
+        let raw: RawSet = serde_json::from_slice(bytes).map_err(|e| JwksError::Json(e.to_string()))?;
         let mut set = KeySet::default();
         for value in raw.keys {
             if let Some(entry) = Self::entry(&value, allowed) {
@@ -109,11 +109,7 @@ impl KeySet {
                     return None;
                 }
             }
-            None => family
-                .iter()
-                .copied()
-                .filter(|a| allowed.contains(a))
-                .collect(),
+            None => family.iter().copied().filter(|a| allowed.contains(a)).collect(),
         };
         if algorithms.is_empty() {
             return None;
@@ -179,7 +175,7 @@ pub struct IssuerKeys {
 impl IssuerKeys {
     /// Creates the issuer's key store and starts its refresh task, which ends when the store
     /// is dropped (the snapshot that held it was replaced by one without this issuer).
-    pub fn start(config: IssuerConfig, client: FetchClient) -> Arc<IssuerKeys> {
+    pub fn start(config: IssuerConfig, client: FetchClient, metrics: Arc<Metrics>) -> Arc<IssuerKeys> {
         let this = Arc::new(IssuerKeys {
             config,
             keys: ArcSwapOption::empty(),
@@ -187,12 +183,19 @@ impl IssuerKeys {
             kick: Arc::new(Notify::new()),
             kick_state: Mutex::new(KickState::default()),
         });
-        tokio::spawn(refresh_loop(
-            Arc::downgrade(&this),
-            Arc::clone(&this.kick),
-            client,
-        ));
+        tokio::spawn(refresh_loop(Arc::downgrade(&this), Arc::clone(&this.kick), client, metrics));
         this
+    }
+
+    /// A key store whose keys are given, not fetched (the built-in issuer's).
+    pub fn fixed(config: IssuerConfig, keys: KeySet) -> Arc<IssuerKeys> {
+        Arc::new(IssuerKeys {
+            config,
+            keys: ArcSwapOption::from_pointee(keys),
+            generation: watch::channel(1).0,
+            kick: Arc::new(Notify::new()),
+            kick_state: Mutex::new(KickState::default()),
+        })
     }
 
     pub fn keys(&self) -> Option<Arc<KeySet>> {
@@ -201,6 +204,11 @@ impl IssuerKeys {
 
     pub fn has_keys(&self) -> bool {
         self.keys.load().is_some()
+    }
+
+    /// Re-reads the keys now (a watched `jwks_file` changed).
+    pub fn refresh_now(&self) {
+        self.kick.notify_one();
     }
 
     /// Waits until the first fetch attempt has finished, or `limit` passes.
@@ -216,15 +224,10 @@ impl IssuerKeys {
         let mut rx = self.generation.subscribe();
         let current = *rx.borrow_and_update();
         {
-            let mut st = self
-                .kick_state
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut st = self.kick_state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             let in_flight = st.in_flight == Some(current);
             if !in_flight {
-                let cooling = st
-                    .last
-                    .is_some_and(|t| t.elapsed() < self.config.kid_miss_cooldown);
+                let cooling = st.last.is_some_and(|t| t.elapsed() < self.config.kid_miss_cooldown);
                 if cooling {
                     return None;
                 }
@@ -239,26 +242,20 @@ impl IssuerKeys {
 
     async fn fetch_once(&self, client: &FetchClient) -> Result<Option<Duration>, String> {
         let (bytes, max_age) = match &self.config.source {
-            KeySource::File(path) => (
-                tokio::fs::read(path)
-                    .await
-                    .map(Bytes::from)
-                    .map_err(|e| format!("{}: {e}", path.display()))?,
-                None,
-            ),
+            KeySource::File(path) => {
+                (tokio::fs::read(path).await.map(Bytes::from).map_err(|e| format!("{}: {e}", path.display()))?, None)
+            }
             KeySource::Uri(uri) => get(client, uri).await?,
+            KeySource::Builtin => return Err("built-in keys are not fetched".to_owned()),
             KeySource::Discovery => {
-                let url = format!(
-                    "{}/.well-known/openid-configuration",
-                    self.config.issuer.trim_end_matches('/')
-                );
+                let url = format!("{}/.well-known/openid-configuration", self.config.issuer.trim_end_matches('/'));
                 let (doc, _) = get(client, &url).await?;
                 #[derive(Deserialize)]
                 struct Discovery {
                     jwks_uri: String,
                 }
-                let d: Discovery = serde_json::from_slice(&doc)
-                    .map_err(|e| format!("{url}: not an OpenID configuration: {e}"))?;
+                let d: Discovery =
+                    serde_json::from_slice(&doc).map_err(|e| format!("{url}: not an OpenID configuration: {e}"))?;
                 get(client, &d.jwks_uri).await?
             }
         };
@@ -283,19 +280,12 @@ async fn get(client: &FetchClient, url: &str) -> Result<(Bytes, Option<Duration>
     if !resp.status().is_success() {
         return Err(format!("{url}: HTTP {}", resp.status()));
     }
-    let max_age = resp
-        .headers()
-        .get_all(http::header::CACHE_CONTROL)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .find_map(max_age);
-    let body = tokio::time::timeout(
-        FETCH_TIMEOUT,
-        Limited::new(resp.into_body(), MAX_DOCUMENT).collect(),
-    )
-    .await
-    .map_err(|_| format!("{url}: timed out reading the body"))?
-    .map_err(|e| format!("{url}: {e}"))?;
+    let max_age =
+        resp.headers().get_all(http::header::CACHE_CONTROL).iter().filter_map(|v| v.to_str().ok()).find_map(max_age);
+    let body = tokio::time::timeout(FETCH_TIMEOUT, Limited::new(resp.into_body(), MAX_DOCUMENT).collect())
+        .await
+        .map_err(|_| format!("{url}: timed out reading the body"))?
+        .map_err(|e| format!("{url}: {e}"))?;
     Ok((body.to_bytes(), max_age))
 }
 
@@ -304,11 +294,7 @@ fn max_age(value: &str) -> Option<Duration> {
     value.split(',').find_map(|d| {
         let (k, v) = d.trim().split_once('=')?;
         if k.trim().eq_ignore_ascii_case("max-age") {
-            v.trim()
-                .trim_matches('"')
-                .parse()
-                .ok()
-                .map(Duration::from_secs)
+            v.trim().trim_matches('"').parse().ok().map(Duration::from_secs)
         } else {
             None
         }
@@ -318,7 +304,7 @@ fn max_age(value: &str) -> Option<Duration> {
 /// Keeps one issuer's keys fresh: every `refresh` (sooner when Cache-Control max-age says so),
 /// at once when kicked by an unknown kid, and with capped exponential backoff plus jitter
 /// after a failure. Holds only a weak reference between rounds so a dropped issuer stops it.
-async fn refresh_loop(weak: Weak<IssuerKeys>, kick: Arc<Notify>, client: FetchClient) {
+async fn refresh_loop(weak: Weak<IssuerKeys>, kick: Arc<Notify>, client: FetchClient, metrics: Arc<Metrics>) {
     const MIN_WAIT: Duration = Duration::from_secs(1);
     let mut backoff = MIN_WAIT;
     loop {
@@ -327,11 +313,17 @@ async fn refresh_loop(weak: Weak<IssuerKeys>, kick: Arc<Notify>, client: FetchCl
             let refresh = this.config.refresh.max(MIN_WAIT);
             let wait = match this.fetch_once(&client).await {
                 Ok(max_age) => {
+                    metrics.jwks_refreshes.with_label_values(&[&this.config.issuer, "ok"]).inc();
+                    metrics
+                        .jwks_keys
+                        .with_label_values(&[&this.config.issuer])
+                        .set(this.keys().map_or(0, |k| i64::try_from(k.len()).unwrap_or(i64::MAX)));
                     tracing::debug!(issuer = %this.config.issuer, keys = this.keys().map_or(0, |k| k.len()), "jwks loaded");
                     backoff = MIN_WAIT;
                     max_age.map_or(refresh, |m| m.clamp(MIN_WAIT, refresh))
                 }
                 Err(error) => {
+                    metrics.jwks_refreshes.with_label_values(&[&this.config.issuer, "error"]).inc();
                     tracing::warn!(issuer = %this.config.issuer, %error, have_keys = this.has_keys(), "jwks fetch failed; keeping the last good keys");
                     let cap = refresh.min(Duration::from_secs(60));
                     let jitter = backoff.mul_f64(fastrand::f64() * 0.5);
@@ -366,20 +358,10 @@ mod tests {
         );
         let rs_only = KeySet::parse(doc.as_bytes(), &[Algorithm::RS256]).unwrap();
         assert_eq!(rs_only.len(), 1);
-        assert_eq!(
-            rs_only.get("r1").unwrap().algorithms,
-            vec![Algorithm::RS256]
-        );
-        let both = KeySet::parse(
-            doc.as_bytes(),
-            &[Algorithm::RS256, Algorithm::PS256, Algorithm::ES256],
-        )
-        .unwrap();
+        assert_eq!(rs_only.get("r1").unwrap().algorithms, vec![Algorithm::RS256]);
+        let both = KeySet::parse(doc.as_bytes(), &[Algorithm::RS256, Algorithm::PS256, Algorithm::ES256]).unwrap();
         assert_eq!(both.len(), 2);
-        assert_eq!(
-            both.get("r1").unwrap().algorithms,
-            vec![Algorithm::RS256, Algorithm::PS256]
-        );
+        assert_eq!(both.get("r1").unwrap().algorithms, vec![Algorithm::RS256, Algorithm::PS256]);
         assert!(both.get("h").is_none() && both.get("enc").is_none());
     }
 
@@ -387,30 +369,18 @@ mod tests {
     fn a_named_alg_outside_the_allow_list_drops_the_key() {
         let doc = RSA_JWK.replace(r#""use":"sig""#, r#""use":"sig","alg":"RS512""#);
         let doc = format!(r#"{{"keys":[{doc}]}}"#);
-        assert_eq!(
-            KeySet::parse(doc.as_bytes(), &[Algorithm::RS256]).err(),
-            Some(JwksError::NoUsableKey)
-        );
+        assert_eq!(KeySet::parse(doc.as_bytes(), &[Algorithm::RS256]).err(), Some(JwksError::NoUsableKey));
     }
 
     #[test]
     fn garbage_is_an_error() {
-        assert!(matches!(
-            KeySet::parse(b"<html>", &[Algorithm::RS256]),
-            Err(JwksError::Json(_))
-        ));
-        assert_eq!(
-            KeySet::parse(br#"{"keys":[]}"#, &[Algorithm::RS256]).err(),
-            Some(JwksError::NoUsableKey)
-        );
+        assert!(matches!(KeySet::parse(b"<html>", &[Algorithm::RS256]), Err(JwksError::Json(_))));
+        assert_eq!(KeySet::parse(br#"{"keys":[]}"#, &[Algorithm::RS256]).err(), Some(JwksError::NoUsableKey));
     }
 
     #[test]
     fn cache_control_max_age() {
-        assert_eq!(
-            max_age("public, max-age=120"),
-            Some(Duration::from_secs(120))
-        );
+        assert_eq!(max_age("public, max-age=120"), Some(Duration::from_secs(120)));
         assert_eq!(max_age("no-cache"), None);
     }
 }

@@ -15,6 +15,7 @@ use serde::Deserialize;
 
 use crate::auth::jwks::{IssuerKeys, KeyEntry, KeySet};
 use crate::error::{AuthFailure, Reject};
+use crate::metrics::Metrics;
 
 pub const X_AUTH_SUB: HeaderName = HeaderName::from_static("x-auth-sub");
 pub const X_AUTH_CLIENT_ID: HeaderName = HeaderName::from_static("x-auth-client-id");
@@ -85,18 +86,15 @@ pub struct Verifier {
     issuers: HashMap<String, Arc<IssuerKeys>>,
     leeway: u64,
     cache: Option<TokenCache>,
+    metrics: Arc<Metrics>,
 }
 
 fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 fn b64_json<T: for<'de> Deserialize<'de>>(part: &str) -> Result<T, AuthFailure> {
-    let bytes = URL_SAFE_NO_PAD
-        .decode(part)
-        .map_err(|_| AuthFailure::Malformed)?;
+    let bytes = URL_SAFE_NO_PAD.decode(part).map_err(|_| AuthFailure::Malformed)?;
     serde_json::from_slice(&bytes).map_err(|_| AuthFailure::Malformed)
 }
 
@@ -110,11 +108,13 @@ impl Verifier {
         issuers: HashMap<String, Arc<IssuerKeys>>,
         leeway: Duration,
         cache_entries: usize,
+        metrics: Arc<Metrics>,
     ) -> Verifier {
         Verifier {
             issuers,
             leeway: leeway.as_secs(),
             cache: (cache_entries > 0).then(|| TokenCache::new(cache_entries)),
+            metrics,
         }
     }
 
@@ -128,10 +128,12 @@ impl Verifier {
         if let Some(cache) = &self.cache {
             if let Some(p) = cache.get(token) {
                 if now < p.exp {
+                    self.metrics.cache_hits.inc();
                     return Ok(p);
                 }
                 cache.remove(token);
             }
+            self.metrics.cache_misses.inc();
         }
         let principal = Arc::new(self.verify_uncached(token, now).await?);
         if let Some(cache) = &self.cache {
@@ -145,9 +147,7 @@ impl Verifier {
     async fn verify_uncached(&self, token: &str, now: u64) -> Result<Principal, Reject> {
         let unauthorized = Reject::Unauthorized;
         let mut parts = token.split('.');
-        let (Some(h), Some(c), Some(sig), None) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
+        let (Some(h), Some(c), Some(sig), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
             return Err(unauthorized(AuthFailure::Malformed));
         };
         let header: JoseHeader = b64_json(h).map_err(unauthorized)?;
@@ -155,14 +155,8 @@ impl Verifier {
         if header.crit.is_some() {
             return Err(unauthorized(AuthFailure::Malformed));
         }
-        let iss = claims
-            .iss
-            .as_deref()
-            .ok_or(unauthorized(AuthFailure::WrongIssuer))?;
-        let issuer = self
-            .issuers
-            .get(iss)
-            .ok_or(unauthorized(AuthFailure::WrongIssuer))?;
+        let iss = claims.iss.as_deref().ok_or(unauthorized(AuthFailure::WrongIssuer))?;
+        let issuer = self.issuers.get(iss).ok_or(unauthorized(AuthFailure::WrongIssuer))?;
         let alg = parse_alg(&header.alg)
             .filter(|a| issuer.config.algorithms.contains(a))
             .ok_or(unauthorized(AuthFailure::DisallowedAlg))?;
@@ -178,9 +172,7 @@ impl Verifier {
                 match fresh.map(|k| find_key(&k, header.kid.as_deref(), alg, message, sig)) {
                     Some(Lookup::Verified(entry)) => entry,
                     Some(Lookup::Failed(f)) => return Err(unauthorized(f)),
-                    Some(Lookup::UnknownKid) | None => {
-                        return Err(unauthorized(AuthFailure::UnknownKid))
-                    }
+                    Some(Lookup::UnknownKid) | None => return Err(unauthorized(AuthFailure::UnknownKid)),
                 }
             }
         };
@@ -204,10 +196,7 @@ impl Verifier {
             let ok = match &claims.aud {
                 Some(aud) => aud.contains_any(&cfg.audiences),
                 // Cognito access tokens carry no `aud`; their `client_id` plays that part.
-                None => claims
-                    .client_id
-                    .as_ref()
-                    .is_some_and(|c| cfg.audiences.contains(c)),
+                None => claims.client_id.as_ref().is_some_and(|c| cfg.audiences.contains(c)),
             };
             if !ok {
                 return Err(unauthorized(AuthFailure::WrongAudience));
@@ -224,21 +213,14 @@ impl Verifier {
             (None, Some(OneOrMany::Many(v))) => v.join(" "),
             (None, None) => String::new(),
         };
-        let client_id = claims
-            .client_id
-            .or_else(|| claims.sub.clone())
-            .unwrap_or_default();
+        let client_id = claims.client_id.or_else(|| claims.sub.clone()).unwrap_or_default();
         let sub = claims.sub.unwrap_or_else(|| client_id.clone());
-        let identity = [
-            (X_AUTH_SUB, &sub),
-            (X_AUTH_CLIENT_ID, &client_id),
-            (X_AUTH_SCOPE, &scope),
-            (X_AUTH_ISSUER, &cfg.issuer),
-        ]
-        .into_iter()
-        // A claim that cannot be a header value (control characters) is not forwarded.
-        .filter_map(|(n, v)| HeaderValue::from_bytes(v.as_bytes()).ok().map(|v| (n, v)))
-        .collect();
+        let identity =
+            [(X_AUTH_SUB, &sub), (X_AUTH_CLIENT_ID, &client_id), (X_AUTH_SCOPE, &scope), (X_AUTH_ISSUER, &cfg.issuer)]
+                .into_iter()
+                // A claim that cannot be a header value (control characters) is not forwarded.
+                .filter_map(|(n, v)| HeaderValue::from_bytes(v.as_bytes()).ok().map(|v| (n, v)))
+                .collect();
         Ok(Principal {
             sub,
             client_id,
