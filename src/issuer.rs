@@ -251,10 +251,23 @@ impl BuiltinIssuer {
             source: KeySource::Builtin,
             audiences: Vec::new(),
             token_use: Some("access".to_owned()),
-            algorithms: vec![self.key.alg],
+            algorithms: self.algorithms(),
             refresh: Duration::from_secs(3600),
             kid_miss_cooldown: Duration::from_secs(30),
         }
+    }
+
+    /// The current key's algorithm and those of retired keys still published: a token signed
+    /// before a rotation to another key type stays valid for its lifetime.
+    fn algorithms(&self) -> Vec<Algorithm> {
+        let mut algs = vec![self.key.alg];
+        let retired = self.retired.iter().filter_map(|(jwk, _)| jwk.get("alg")?.as_str()?.parse::<Algorithm>().ok());
+        for alg in retired {
+            if !algs.contains(&alg) {
+                algs.push(alg);
+            }
+        }
+        algs
     }
 
     pub fn kid(&self) -> &str {

@@ -6,6 +6,7 @@
 //! bad token never learns whether its scopes would have sufficed. Headers are rewritten only
 //! after every check passed: a refused request costs no header work.
 
+use std::borrow::Cow;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -15,13 +16,14 @@ use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::request::Parts;
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
 use crate::auth::verify::Principal;
 use crate::auth::{extract, scope};
-use crate::config::{Action, RouteAuth};
+use crate::config::{Action, MockResponse, RouteAuth};
 use crate::error::{json_response, Body, Reject};
 use crate::issuer::BuiltinIssuer;
 use crate::metrics::{method_label, Metrics};
@@ -67,13 +69,23 @@ pub struct ConnInfo {
     pub tls: bool,
 }
 
-/// What one access-log line says.
-struct Access<'a> {
-    route: &'a str,
-    upstream: &'a str,
-    client_id: Option<Arc<Principal>>,
-    reason: &'static str,
-    auth_failure: Option<&'static str>,
+/// What one access-log line says, filled in as the pipeline goes.
+#[derive(Default)]
+pub struct Access<'a> {
+    pub route: &'a str,
+    pub upstream: &'a str,
+    pub principal: Option<Arc<Principal>>,
+    /// The normalized path, when it differs from the request's.
+    pub normalized: Option<String>,
+    pub reason: &'static str,
+}
+
+/// What the pipeline decided to do with a request that passed every check.
+pub enum Decision<'s> {
+    Issuer(Arc<BuiltinIssuer>),
+    Mock(&'s MockResponse),
+    /// The request parts now carry the upstream URI and the rewritten headers.
+    Forward(&'s Upstream),
 }
 
 /// Serves one request. Never fails: every outcome is an answer.
@@ -84,16 +96,22 @@ pub async fn handle(
 ) -> Result<Response<Body>, Infallible> {
     let start = Instant::now();
     let snap = shared.snapshot.load_full();
-    let request_id = request_id(req.headers());
-    let method = req.method().clone();
-    let raw_path = req.uri().path().to_owned();
-    let mut access = Access { route: "", upstream: "", client_id: None, reason: "", auth_failure: None };
-    let mut resp = match pipeline(&snap, &shared.metrics, &conn, req, &request_id, &mut access).await {
+    let (mut parts, body) = req.into_parts();
+    let request_id = request_id(&parts.headers);
+    let method = parts.method.clone();
+    // Kept for the log line: `decide` points `parts.uri` at the upstream.
+    let uri = parts.uri.clone();
+    let mut access = Access::default();
+    let result = match decide(&snap, &conn, &mut parts, &request_id, &mut access).await {
+        Ok(decision) => act(decision, Request::from_parts(parts, body), &snap, &shared.metrics).await,
+        Err(reject) => Err(reject),
+    };
+    let mut resp = match result {
         Ok(resp) => resp,
         Err(reject) => {
             access.reason = reject.reason();
             if matches!(reject, Reject::Unauthorized(_) | Reject::InsufficientScope(_)) {
-                access.auth_failure = Some(reject.reason());
+                shared.metrics.auth_failures.with_label_values(&[access.reason]).inc();
             }
             reject.into_response()
         }
@@ -104,19 +122,16 @@ pub async fn handle(
     let m = &shared.metrics;
     m.requests.with_label_values(&[route_label, method_label(&method), resp.status().as_str()]).inc();
     m.request_duration.with_label_values(&[route_label]).observe(elapsed.as_secs_f64());
-    if let Some(kind) = access.auth_failure {
-        m.auth_failures.with_label_values(&[kind]).inc();
-    }
     tracing::info!(
         target: "scopegate::access",
         request_id = request_id.to_str().unwrap_or(""),
         method = method.as_str(),
-        path = raw_path.as_str(),
+        path = access.normalized.as_deref().unwrap_or(uri.path()),
         route = access.route,
         status = resp.status().as_u16(),
         upstream = access.upstream,
         duration_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
-        client_id = access.client_id.as_ref().map_or("", |p| p.client_id.as_str()),
+        client_id = access.principal.as_ref().map_or("", |p| p.client_id.as_str()),
         reason = access.reason,
     );
     Ok(resp)
@@ -136,33 +151,39 @@ fn request_id(headers: &HeaderMap) -> HeaderValue {
 }
 
 /// Size of the request head as the client sent it (request line and header fields).
-fn head_size<B>(req: &Request<B>) -> usize {
-    let line = req.method().as_str().len() + req.uri().to_string().len() + 12;
-    req.headers().iter().fold(line, |n, (k, v)| n + k.as_str().len() + v.len() + 4)
+fn head_size(parts: &Parts) -> usize {
+    let uri = &parts.uri;
+    let target =
+        uri.path_and_query().map_or(1, |p| p.as_str().len()) + uri.authority().map_or(0, |a| a.as_str().len() + 8);
+    let line = parts.method.as_str().len() + target + 12;
+    parts.headers.iter().fold(line, |n, (k, v)| n + k.as_str().len() + v.len() + 4)
 }
 
-async fn pipeline<'s>(
+/// Every check of SPEC §3 in order; for a request to forward, also the URI rewrite and the
+/// header hygiene. Touches nothing but `parts`, so it can be measured without a network.
+pub async fn decide<'s>(
     snap: &'s Snapshot,
-    metrics: &Metrics,
     conn: &ConnInfo,
-    mut req: Request<Incoming>,
+    parts: &mut Parts,
     request_id: &HeaderValue,
     access: &mut Access<'s>,
-) -> Result<Response<Body>, Reject> {
+) -> Result<Decision<'s>, Reject> {
     let cfg = &snap.config;
-    if head_size(&req) > cfg.server.max_header_bytes {
+    if head_size(parts) > cfg.server.max_header_bytes {
         return Err(Reject::HeaderTooLarge);
     }
-    let path = route::normalize(req.uri().path()).map_err(|_| Reject::BadRequest)?;
+    let path = route::normalize(parts.uri.path()).map_err(|_| Reject::BadRequest)?;
+    if let Cow::Owned(p) = &path {
+        access.normalized = Some(p.clone());
+    }
     // The built-in issuer's endpoints come before the route table.
     if let Some(issuer) = &snap.issuer {
         if BuiltinIssuer::owns(&path) {
             access.route = "issuer";
-            let issuer = Arc::clone(issuer);
-            return issuer.handle(req, metrics).await;
+            return Ok(Decision::Issuer(Arc::clone(issuer)));
         }
     }
-    let idx = match snap.table.lookup(&path, req.method()) {
+    let idx = match snap.table.lookup(&path, &parts.method) {
         Match::Found(i) => i,
         Match::MethodNotAllowed(allow) => return Err(Reject::MethodNotAllowed { allow }),
         Match::NotFound => return Err(Reject::NotFound),
@@ -173,9 +194,9 @@ async fn pipeline<'s>(
     let principal = match &route.auth {
         RouteAuth::None => None,
         RouteAuth::Jwt { any_of, all_of } => {
-            let token = extract::bearer(req.headers(), &cfg.auth.header).map_err(Reject::Unauthorized)?;
+            let token = extract::bearer(&parts.headers, &cfg.auth.header).map_err(Reject::Unauthorized)?;
             let who = snap.verifier.verify(token).await?;
-            access.client_id = Some(Arc::clone(&who));
+            access.principal = Some(Arc::clone(&who));
             if !scope::allows(any_of, all_of, &who) {
                 return Err(Reject::InsufficientScope(cfg.auth.scope_failure_status));
             }
@@ -184,37 +205,51 @@ async fn pipeline<'s>(
     };
 
     let upstream = match &route.action {
-        Action::Mock(m) => return Ok(json_response(m.status, &m.content_type, m.body.clone())),
-        Action::Upstream(i) => &snap.upstreams[*i],
+        Action::Mock(m) => return Ok(Decision::Mock(m)),
+        Action::Upstream(i) => &*snap.upstreams[*i],
     };
     access.upstream = &upstream.config.name;
-    let uri = upstream.uri(&path, req.uri().query())?;
-    let forwarded_host = req
-        .uri()
+    let uri = upstream.uri(&path, parts.uri.query())?;
+    let forwarded_host = parts
+        .uri
         .authority()
         .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-        .or_else(|| req.headers().get(header::HOST).cloned());
+        .or_else(|| parts.headers.get(header::HOST).cloned());
     drop(path);
-    *req.uri_mut() = uri;
-    rewrite_headers(snap, conn, &mut req, request_id, forwarded_host, principal.as_deref());
-    let sent = Instant::now();
-    let resp = forward(snap, upstream, req).await;
-    metrics.upstream_duration.with_label_values(&[&upstream.config.name]).observe(sent.elapsed().as_secs_f64());
-    resp
+    parts.uri = uri;
+    rewrite_headers(snap, conn, &mut parts.headers, request_id, forwarded_host, principal.as_deref());
+    Ok(Decision::Forward(upstream))
+}
+
+async fn act(
+    decision: Decision<'_>,
+    req: Request<Incoming>,
+    snap: &Snapshot,
+    metrics: &Metrics,
+) -> Result<Response<Body>, Reject> {
+    match decision {
+        Decision::Issuer(issuer) => issuer.handle(req, metrics).await,
+        Decision::Mock(m) => Ok(json_response(m.status, &m.content_type, m.body.clone())),
+        Decision::Forward(upstream) => {
+            let sent = Instant::now();
+            let resp = forward(snap, upstream, req).await;
+            metrics.upstream_duration.with_label_values(&[&upstream.config.name]).observe(sent.elapsed().as_secs_f64());
+            resp
+        }
+    }
 }
 
 /// Header hygiene for the upstream request (SPEC §3.5).
 fn rewrite_headers(
     snap: &Snapshot,
     conn: &ConnInfo,
-    req: &mut Request<Incoming>,
+    h: &mut HeaderMap,
     request_id: &HeaderValue,
     forwarded_host: Option<HeaderValue>,
     principal: Option<&Principal>,
 ) {
     let auth = &snap.config.auth;
-    let upgrade = upstream::is_upgrade(req.headers());
-    let h = req.headers_mut();
+    let upgrade = upstream::is_upgrade(h);
     upstream::strip_hop_by_hop(h, upgrade);
     upstream::strip_spoofable(h);
     // The client's Host names the gateway; the upstream gets its own (set from the URI).
@@ -222,12 +257,12 @@ fn rewrite_headers(
     if !auth.forward_token {
         h.remove(&auth.header);
     }
-    let ip = conn.remote.ip().to_string();
+    let ip = conn.remote.ip();
     let xff = match h.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prev) if !prev.trim().is_empty() => format!("{prev}, {ip}"),
-        _ => ip,
+        Some(prev) if !prev.trim().is_empty() => HeaderValue::from_str(&format!("{prev}, {ip}")),
+        _ => HeaderValue::from_str(&ip.to_string()),
     };
-    if let Ok(v) = HeaderValue::from_str(&xff) {
+    if let Ok(v) = xff {
         h.insert(X_FORWARDED_FOR, v);
     }
     h.insert(X_FORWARDED_PROTO, HeaderValue::from_static(if conn.tls { "https" } else { "http" }));

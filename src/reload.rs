@@ -151,12 +151,7 @@ pub async fn watch(shared: Arc<Shared>, rt: Arc<Runtime>, mut shutdown: watch::R
             () = crate::listener::stopped(&mut shutdown) => return,
             Some(()) = rx.recv() => {
                 // Let a burst of events (write, rename, symlink swap) settle.
-                loop {
-                    match tokio::time::timeout(DEBOUNCE, rx.recv()).await {
-                        Ok(Some(())) => continue,
-                        _ => break,
-                    }
-                }
+                while let Ok(Some(())) = tokio::time::timeout(DEBOUNCE, rx.recv()).await {}
             }
             () = hup_recv => {
                 tracing::info!("SIGHUP: reloading");

@@ -27,8 +27,9 @@ pub const X_AUTH_ISSUER: HeaderName = HeaderName::from_static("x-auth-issuer");
 pub struct Principal {
     pub sub: String,
     pub client_id: String,
-    /// Space-separated, as in the `scope` claim.
-    pub scope: String,
+    /// One entry per scope: the `scope` string split on spaces, or the `scp` array as given
+    /// (an array element is one scope, whatever it contains).
+    pub scopes: Vec<String>,
     pub issuer: String,
     pub exp: u64,
     /// The identity headers, built once per verified token rather than once per request.
@@ -37,7 +38,7 @@ pub struct Principal {
 
 impl Principal {
     pub fn has_scope(&self, wanted: &str) -> bool {
-        self.scope.split(' ').any(|s| s == wanted)
+        self.scopes.iter().any(|s| s == wanted)
     }
 }
 
@@ -183,7 +184,8 @@ impl Verifier {
         let leeway = self.leeway as f64;
         let now_f = now as f64;
         let exp = claims.exp.ok_or(unauthorized(AuthFailure::Malformed))?;
-        if !exp.is_finite() || now_f > exp + leeway {
+        // RFC 7519 §4.1.4: not accepted on or after `exp`.
+        if !exp.is_finite() || now_f >= exp + leeway {
             return Err(unauthorized(AuthFailure::Expired));
         }
         for t in [claims.nbf, claims.iat].into_iter().flatten() {
@@ -207,12 +209,12 @@ impl Verifier {
                 return Err(unauthorized(AuthFailure::WrongTokenUse));
             }
         }
-        let scope = match (claims.scope, claims.scp) {
-            (Some(s), _) => s.split_whitespace().collect::<Vec<_>>().join(" "),
-            (None, Some(OneOrMany::One(s))) => s.split_whitespace().collect::<Vec<_>>().join(" "),
-            (None, Some(OneOrMany::Many(v))) => v.join(" "),
-            (None, None) => String::new(),
+        let scopes: Vec<String> = match (claims.scope, claims.scp) {
+            (Some(s), _) | (None, Some(OneOrMany::One(s))) => s.split_whitespace().map(str::to_owned).collect(),
+            (None, Some(OneOrMany::Many(v))) => v,
+            (None, None) => Vec::new(),
         };
+        let scope = scopes.join(" ");
         let client_id = claims.client_id.or_else(|| claims.sub.clone()).unwrap_or_default();
         let sub = claims.sub.unwrap_or_else(|| client_id.clone());
         let identity =
@@ -224,7 +226,7 @@ impl Verifier {
         Ok(Principal {
             sub,
             client_id,
-            scope,
+            scopes,
             issuer: cfg.issuer.clone(),
             // Truncation floors the expiry: a cache entry may die early, never late.
             exp: exp.max(0.0) as u64,

@@ -1,0 +1,870 @@
+//! Shared harness for the scopegate integration tests.
+//!
+//! Every test file starts with `mod common; use common::*;` and uses a subset of this module:
+//!
+//! - [`TestKey`], [`claims`], [`now`]: signing keys and Cognito-like access tokens minted in the test;
+//! - [`JwksServer`]: a real HTTP server publishing a JWKS that tests can change or break;
+//! - [`Upstream`]: a real HTTP upstream that records every request it gets;
+//! - [`Gateway`]: writes a `gateway.toml` into a temp dir and runs `scopegate::Server` on it;
+//! - [`send`], [`get`], [`raw`]: HTTP/1.1 clients (hyper, or raw bytes over TCP).
+//!
+//! All servers bind `127.0.0.1:0` and stop when their handle is dropped; every network wait is
+//! bounded by a timeout.
+#![allow(dead_code)]
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use aws_lc_rs::encoding::AsDer;
+use aws_lc_rs::rand::SystemRandom;
+use aws_lc_rs::rsa::KeySize;
+use aws_lc_rs::signature::{self as sig, EcdsaKeyPair, Ed25519KeyPair, KeyPair, RsaKeyPair};
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::Engine as _;
+use bytes::Bytes;
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::header::{HeaderValue, CONTENT_TYPE};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::{AbortHandle, JoinSet};
+
+pub use jsonwebtoken::Algorithm;
+
+/// The issuer used by most tests.
+pub const ISS: &str = "https://issuer.test/pool";
+
+/// Bound on one request/response exchange made with [`send`] / [`get`].
+const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bound on one exchange made with [`raw`].
+const RAW_TIMEOUT: Duration = Duration::from_secs(5);
+/// Bound on `scopegate::Server::start` (it waits up to ~10 s for the first JWKS loads).
+const GATEWAY_START_TIMEOUT: Duration = Duration::from_secs(30);
+/// Bound on `scopegate::Server::shutdown`.
+const GATEWAY_STOP_TIMEOUT: Duration = Duration::from_secs(30);
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// Response body type of the test servers.
+type RespBody = UnsyncBoxBody<Bytes, BoxError>;
+
+// ---------------------------------------------------------------------------------------------
+// Time, base64
+// ---------------------------------------------------------------------------------------------
+
+/// Current unix time in seconds.
+pub fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).expect("clock before 1970").as_secs()
+}
+
+/// base64url without padding, as used in JWTs and JWKs.
+pub fn b64url(bytes: impl AsRef<[u8]>) -> String {
+    URL_SAFE_NO_PAD.encode(bytes)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Keys and tokens
+// ---------------------------------------------------------------------------------------------
+
+enum Signer {
+    Rsa(RsaKeyPair),
+    Ec(EcdsaKeyPair),
+    Ed(Ed25519KeyPair),
+}
+
+/// A freshly generated signing key with its `kid` and JWS algorithm.
+pub struct TestKey {
+    pub kid: String,
+    pub alg: Algorithm,
+    signer: Signer,
+}
+
+impl TestKey {
+    /// RS256/RS384/RS512/PS256/PS384/PS512 (RSA-2048), ES256 (P-256), ES384 (P-384), EdDSA (Ed25519).
+    pub fn generate(alg: Algorithm, kid: &str) -> TestKey {
+        let signer = match alg {
+            Algorithm::RS256
+            | Algorithm::RS384
+            | Algorithm::RS512
+            | Algorithm::PS256
+            | Algorithm::PS384
+            | Algorithm::PS512 => Signer::Rsa(RsaKeyPair::generate(KeySize::Rsa2048).expect("generate RSA key")),
+            Algorithm::ES256 => {
+                Signer::Ec(EcdsaKeyPair::generate(&sig::ECDSA_P256_SHA256_FIXED_SIGNING).expect("generate P-256 key"))
+            }
+            Algorithm::ES384 => {
+                Signer::Ec(EcdsaKeyPair::generate(&sig::ECDSA_P384_SHA384_FIXED_SIGNING).expect("generate P-384 key"))
+            }
+            Algorithm::EdDSA => Signer::Ed(Ed25519KeyPair::generate().expect("generate Ed25519 key")),
+            Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512 => {
+                panic!("TestKey is for asymmetric keys; HMAC tokens are built by hand")
+            }
+        };
+        TestKey { kid: kid.to_string(), alg, signer }
+    }
+
+    /// The public JWK: kty and key material, plus `kid`, `alg` and `use = "sig"`.
+    pub fn jwk(&self) -> Value {
+        let mut jwk = match &self.signer {
+            Signer::Rsa(kp) => {
+                let public = kp.public_key();
+                json!({
+                    "kty": "RSA",
+                    "n": b64url(public.modulus().big_endian_without_leading_zero()),
+                    "e": b64url(public.exponent().big_endian_without_leading_zero()),
+                })
+            }
+            Signer::Ec(kp) => {
+                // Uncompressed SEC1 point: 0x04 || x || y.
+                let point = kp.public_key().as_ref();
+                let half = (point.len() - 1) / 2;
+                let crv = if half == 32 { "P-256" } else { "P-384" };
+                json!({
+                    "kty": "EC",
+                    "crv": crv,
+                    "x": b64url(&point[1..1 + half]),
+                    "y": b64url(&point[1 + half..]),
+                })
+            }
+            Signer::Ed(kp) => json!({
+                "kty": "OKP",
+                "crv": "Ed25519",
+                "x": b64url(kp.public_key().as_ref()),
+            }),
+        };
+        jwk["kid"] = json!(self.kid);
+        jwk["alg"] = json!(alg_name(self.alg));
+        jwk["use"] = json!("sig");
+        jwk
+    }
+
+    /// The public key as a PEM `PUBLIC KEY` (SubjectPublicKeyInfo) document.
+    pub fn public_key_pem(&self) -> String {
+        let b64 = STANDARD.encode(self.public_key_spki_der());
+        let mut pem = String::from("-----BEGIN PUBLIC KEY-----\n");
+        for line in b64.as_bytes().chunks(64) {
+            pem.push_str(std::str::from_utf8(line).expect("base64 is ascii"));
+            pem.push('\n');
+        }
+        pem.push_str("-----END PUBLIC KEY-----\n");
+        pem
+    }
+
+    /// The public key as DER SubjectPublicKeyInfo.
+    pub fn public_key_spki_der(&self) -> Vec<u8> {
+        match &self.signer {
+            Signer::Rsa(kp) => kp.public_key().as_der().expect("RSA SPKI").as_ref().to_vec(),
+            Signer::Ec(kp) => kp.public_key().as_der().expect("EC SPKI").as_ref().to_vec(),
+            Signer::Ed(kp) => kp.public_key().as_der().expect("Ed SPKI").as_ref().to_vec(),
+        }
+    }
+
+    /// A signed JWT with header `{"alg": <alg>, "kid": <kid>, "typ": "JWT"}`.
+    pub fn sign(&self, claims: &Value) -> String {
+        let header = json!({"alg": alg_name(self.alg), "kid": self.kid, "typ": "JWT"});
+        self.sign_with_header(&header, claims)
+    }
+
+    /// A JWT with `header` used verbatim, signed with this key's algorithm (whatever the
+    /// header's `alg` says).
+    pub fn sign_with_header(&self, header: &Value, claims: &Value) -> String {
+        let signing_input = format!("{}.{}", b64url(header.to_string()), b64url(claims.to_string()));
+        let signature = self.sign_bytes(signing_input.as_bytes());
+        format!("{signing_input}.{}", b64url(signature))
+    }
+
+    /// Raw JWS signature of `msg` with this key and algorithm.
+    pub fn sign_bytes(&self, msg: &[u8]) -> Vec<u8> {
+        let rng = SystemRandom::new();
+        match &self.signer {
+            Signer::Rsa(kp) => {
+                let encoding: &'static dyn sig::RsaEncoding = match self.alg {
+                    Algorithm::RS256 => &sig::RSA_PKCS1_SHA256,
+                    Algorithm::RS384 => &sig::RSA_PKCS1_SHA384,
+                    Algorithm::RS512 => &sig::RSA_PKCS1_SHA512,
+                    Algorithm::PS256 => &sig::RSA_PSS_SHA256,
+                    Algorithm::PS384 => &sig::RSA_PSS_SHA384,
+                    Algorithm::PS512 => &sig::RSA_PSS_SHA512,
+                    other => unreachable!("RSA key with {other:?}"),
+                };
+                let mut out = vec![0; kp.public_modulus_len()];
+                kp.sign(encoding, &rng, msg, &mut out).expect("RSA sign");
+                out
+            }
+            Signer::Ec(kp) => kp.sign(&rng, msg).expect("ECDSA sign").as_ref().to_vec(),
+            Signer::Ed(kp) => kp.sign(msg).as_ref().to_vec(),
+        }
+    }
+}
+
+/// The JWS name of an algorithm ("RS256", "EdDSA", ...).
+pub fn alg_name(alg: Algorithm) -> &'static str {
+    match alg {
+        Algorithm::HS256 => "HS256",
+        Algorithm::HS384 => "HS384",
+        Algorithm::HS512 => "HS512",
+        Algorithm::ES256 => "ES256",
+        Algorithm::ES384 => "ES384",
+        Algorithm::RS256 => "RS256",
+        Algorithm::RS384 => "RS384",
+        Algorithm::RS512 => "RS512",
+        Algorithm::PS256 => "PS256",
+        Algorithm::PS384 => "PS384",
+        Algorithm::PS512 => "PS512",
+        Algorithm::EdDSA => "EdDSA",
+    }
+}
+
+/// Valid access-token claims shaped like Cognito's: iss, sub = client_id, client_id,
+/// token_use = "access", scope (space-separated), iat = now, exp = now + 3600, jti, version = 2.
+pub fn claims(iss: &str, client_id: &str, scope: &str) -> Value {
+    static JTI: AtomicU64 = AtomicU64::new(0);
+    let t = now();
+    json!({
+        "iss": iss,
+        "sub": client_id,
+        "client_id": client_id,
+        "token_use": "access",
+        "scope": scope,
+        "iat": t,
+        "exp": t + 3600,
+        "jti": format!("jti-{t}-{}", JTI.fetch_add(1, Ordering::Relaxed)),
+        "version": 2,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Small HTTP servers
+// ---------------------------------------------------------------------------------------------
+
+/// Aborts a server's accept loop, and with it every connection task, when dropped.
+struct ServerTask(AbortHandle);
+
+impl Drop for ServerTask {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Binds 127.0.0.1:0.
+async fn bind_local() -> (TcpListener, SocketAddr) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1:0");
+    let addr = listener.local_addr().expect("local_addr");
+    (listener, addr)
+}
+
+/// Serves HTTP/1.1 (and h2c) with upgrades on `listener`, calling `handler` for each request.
+/// Connection tasks live in a JoinSet owned by the accept loop, so aborting the loop stops all.
+fn spawn_http_server<F, Fut>(listener: TcpListener, handler: F) -> ServerTask
+where
+    F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Response<RespBody>> + Send + 'static,
+{
+    let handler = Arc::new(handler);
+    let task = tokio::spawn(async move {
+        let mut connections = JoinSet::new();
+        loop {
+            tokio::select! {
+                accepted = listener.accept() => {
+                    let Ok((stream, _)) = accepted else { continue };
+                    let handler = Arc::clone(&handler);
+                    connections.spawn(async move {
+                        let service = hyper::service::service_fn(move |req| {
+                            let response = handler(req);
+                            async move { Ok::<_, Infallible>(response.await) }
+                        });
+                        let builder =
+                            hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                        let _ = builder
+                            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                            .await;
+                    });
+                }
+                Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            }
+        }
+    });
+    ServerTask(task.abort_handle())
+}
+
+fn full_body(body: impl Into<Bytes>) -> RespBody {
+    Full::new(body.into()).map_err(|never| match never {}).boxed_unsync()
+}
+
+fn empty_body() -> RespBody {
+    full_body(Bytes::new())
+}
+
+fn response(status: u16, content_type: &str, body: impl Into<Bytes>) -> Response<RespBody> {
+    let mut resp = Response::new(full_body(body));
+    *resp.status_mut() = StatusCode::from_u16(status).expect("valid status code");
+    if let Ok(value) = HeaderValue::from_str(content_type) {
+        resp.headers_mut().insert(CONTENT_TYPE, value);
+    }
+    resp
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+// ---------------------------------------------------------------------------------------------
+// JWKS server
+// ---------------------------------------------------------------------------------------------
+
+enum JwksAnswer {
+    Keys(Vec<Value>),
+    Raw(u16, String),
+}
+
+/// A JWKS endpoint. Answers every path (the advertised one is `/.well-known/jwks.json`) with
+/// 200 `{"keys":[...]}`, or with the status and body set by [`JwksServer::set_raw`].
+pub struct JwksServer {
+    /// `http://127.0.0.1:PORT/.well-known/jwks.json`
+    pub url: String,
+    pub addr: SocketAddr,
+    answer: Arc<Mutex<JwksAnswer>>,
+    hits: Arc<AtomicUsize>,
+    _task: ServerTask,
+}
+
+impl JwksServer {
+    pub async fn start(keys: Vec<Value>) -> JwksServer {
+        let (listener, addr) = bind_local().await;
+        let answer = Arc::new(Mutex::new(JwksAnswer::Keys(keys)));
+        let hits = Arc::new(AtomicUsize::new(0));
+        let task = {
+            let answer = Arc::clone(&answer);
+            let hits = Arc::clone(&hits);
+            spawn_http_server(listener, move |_req| {
+                hits.fetch_add(1, Ordering::SeqCst);
+                let resp = match &*lock(&answer) {
+                    JwksAnswer::Keys(keys) => response(200, "application/json", json!({ "keys": keys }).to_string()),
+                    JwksAnswer::Raw(status, body) => response(*status, "application/json", body.clone()),
+                };
+                async move { resp }
+            })
+        };
+        JwksServer { url: format!("http://{addr}/.well-known/jwks.json"), addr, answer, hits, _task: task }
+    }
+
+    /// Publish these keys (also undoes [`JwksServer::set_raw`]).
+    pub fn set_keys(&self, keys: Vec<Value>) {
+        *lock(&self.answer) = JwksAnswer::Keys(keys);
+    }
+
+    /// Answer `status` with `body` (content-type application/json) instead of the keys.
+    pub fn set_raw(&self, status: u16, body: &str) {
+        *lock(&self.answer) = JwksAnswer::Raw(status, body.to_string());
+    }
+
+    /// Requests served so far.
+    pub fn hits(&self) -> usize {
+        self.hits.load(Ordering::SeqCst)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Upstream
+// ---------------------------------------------------------------------------------------------
+
+/// One request as the upstream received it.
+#[derive(Clone, Debug)]
+pub struct Received {
+    pub method: String,
+    /// The request-target as received: path + query.
+    pub target: String,
+    /// Lower-case names. Order: names in order of first appearance, repeated names grouped.
+    pub headers: Vec<(String, String)>,
+    /// Body bytes received (for "/echo..." this grows while the body streams).
+    pub body_len: u64,
+}
+
+impl Received {
+    /// The first value of header `name` (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        find_header(&self.headers, name)
+    }
+
+    /// Every value of header `name` (case-insensitive), in order.
+    pub fn header_all(&self, name: &str) -> Vec<&str> {
+        self.headers.iter().filter(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str()).collect()
+    }
+}
+
+fn find_header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+}
+
+/// A real HTTP/1.1 (and h2c) upstream on 127.0.0.1:0 that records every request it gets.
+///
+/// Default answer: 200, content-type application/json, body `{"upstream":"<name>","target":"<target>"}`.
+/// Special targets: "/slow..." sleeps 3 s before answering; "/big?bytes=N" streams N bytes of 'x'
+/// in 64 KiB chunks; "/echo..." streams the request body back; "/status/NNN" answers status NNN;
+/// "/ws..." with an `Upgrade` header answers 101 and then echoes raw bytes.
+pub struct Upstream {
+    /// `http://127.0.0.1:PORT`
+    pub url: String,
+    pub addr: SocketAddr,
+    pub name: String,
+    log: Arc<Mutex<Vec<Received>>>,
+    /// Dropping the sender ends the upgraded (WebSocket) echo tasks.
+    _shutdown: watch::Sender<()>,
+    _task: ServerTask,
+}
+
+impl Upstream {
+    pub async fn start(name: &str) -> Upstream {
+        let (listener, addr) = bind_local().await;
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (shutdown, shutdown_rx) = watch::channel(());
+        let task = {
+            let log = Arc::clone(&log);
+            let name = name.to_string();
+            spawn_http_server(listener, move |req| {
+                upstream_handle(name.clone(), Arc::clone(&log), shutdown_rx.clone(), req)
+            })
+        };
+        Upstream { url: format!("http://{addr}"), addr, name: name.to_string(), log, _shutdown: shutdown, _task: task }
+    }
+
+    /// Every request received so far, oldest first.
+    pub fn requests(&self) -> Vec<Received> {
+        lock(&self.log).clone()
+    }
+
+    /// The most recent request.
+    pub fn last(&self) -> Option<Received> {
+        lock(&self.log).last().cloned()
+    }
+
+    /// Number of requests received so far.
+    pub fn count(&self) -> usize {
+        lock(&self.log).len()
+    }
+}
+
+static XS: [u8; 65536] = [b'x'; 65536];
+
+async fn upstream_handle(
+    name: String,
+    log: Arc<Mutex<Vec<Received>>>,
+    mut shutdown: watch::Receiver<()>,
+    mut req: Request<Incoming>,
+) -> Response<RespBody> {
+    let target = req.uri().path_and_query().map(|pq| pq.as_str().to_string()).unwrap_or_else(|| req.uri().to_string());
+    let path = target.split('?').next().unwrap_or_default().to_string();
+    let query = target.split_once('?').map(|(_, q)| q.to_string());
+    let mut record = Received {
+        method: req.method().to_string(),
+        target: target.clone(),
+        headers: header_pairs(req.headers()),
+        body_len: 0,
+    };
+
+    // "/ws...": 101 Switching Protocols, then echo raw bytes on the upgraded connection.
+    if path.starts_with("/ws") && req.headers().contains_key(hyper::header::UPGRADE) {
+        let upgrade = req.headers()[hyper::header::UPGRADE].clone();
+        let accept = req.headers().get("sec-websocket-key").map(|key| websocket_accept(key.as_bytes()));
+        lock(&log).push(record);
+        let on_upgrade = hyper::upgrade::on(&mut req);
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = async {
+                    let Ok(upgraded) = on_upgrade.await else { return };
+                    let (mut reader, mut writer) = tokio::io::split(TokioIo::new(upgraded));
+                    let _ = tokio::io::copy(&mut reader, &mut writer).await;
+                } => {}
+                _ = shutdown.changed() => {}
+            }
+        });
+        let mut resp = Response::new(empty_body());
+        *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        let headers = resp.headers_mut();
+        headers.insert(hyper::header::UPGRADE, upgrade);
+        headers.insert(hyper::header::CONNECTION, HeaderValue::from_static("upgrade"));
+        if let Some(accept) = accept {
+            let accept = HeaderValue::from_str(&accept).expect("base64 is a valid header value");
+            headers.insert("sec-websocket-accept", accept);
+        }
+        return resp;
+    }
+
+    // "/echo...": stream the request body back, counting bytes as they pass.
+    if path.starts_with("/echo") {
+        let content_type = req
+            .headers()
+            .get(CONTENT_TYPE)
+            .cloned()
+            .unwrap_or_else(|| HeaderValue::from_static("application/octet-stream"));
+        let index = {
+            let mut log = lock(&log);
+            log.push(record);
+            log.len() - 1
+        };
+        let body = req
+            .into_body()
+            .map_frame(move |frame| {
+                if let Some(data) = frame.data_ref() {
+                    lock(&log)[index].body_len += data.len() as u64;
+                }
+                frame
+            })
+            .map_err(BoxError::from)
+            .boxed_unsync();
+        let mut resp = Response::new(body);
+        resp.headers_mut().insert(CONTENT_TYPE, content_type);
+        return resp;
+    }
+
+    // Everything else: read the whole body first, then record, then answer.
+    let mut body = req.into_body();
+    while let Some(Ok(frame)) = body.frame().await {
+        if let Some(data) = frame.data_ref() {
+            record.body_len += data.len() as u64;
+        }
+    }
+    lock(&log).push(record);
+
+    if path.starts_with("/slow") {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+    }
+
+    if path.starts_with("/big") {
+        let total: usize = query
+            .as_deref()
+            .unwrap_or_default()
+            .split('&')
+            .find_map(|kv| kv.strip_prefix("bytes="))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        let chunks = (0..total).step_by(XS.len()).map(move |offset| {
+            let len = XS.len().min(total - offset);
+            Ok::<_, BoxError>(Frame::data(Bytes::from_static(&XS[..len])))
+        });
+        let body = StreamBody::new(futures_util::stream::iter(chunks)).boxed_unsync();
+        let mut resp = Response::new(body);
+        let octets = HeaderValue::from_static("application/octet-stream");
+        resp.headers_mut().insert(CONTENT_TYPE, octets);
+        return resp;
+    }
+
+    let status = path
+        .strip_prefix("/status/")
+        .and_then(|s| s.parse::<u16>().ok())
+        .filter(|s| (200..1000).contains(s))
+        .unwrap_or(200);
+    if status == 204 || status == 304 {
+        let mut resp = Response::new(empty_body());
+        *resp.status_mut() = StatusCode::from_u16(status).expect("valid status");
+        return resp;
+    }
+    let body = json!({ "upstream": name, "target": target }).to_string();
+    response(status, "application/json", body)
+}
+
+/// `Sec-WebSocket-Accept` for a `Sec-WebSocket-Key` (RFC 6455 §4.2.2).
+fn websocket_accept(key: &[u8]) -> String {
+    let mut input = key.to_vec();
+    input.extend_from_slice(b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11");
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA1_FOR_LEGACY_USE_ONLY, &input);
+    STANDARD.encode(digest.as_ref())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Gateway
+// ---------------------------------------------------------------------------------------------
+
+/// A running `scopegate::Server` on a `gateway.toml` written to a fresh temp dir.
+pub struct Gateway {
+    pub addr: SocketAddr,
+    /// `http://127.0.0.1:PORT`
+    pub url: String,
+    /// Holds `gateway.toml` and any extra files; deleted on drop.
+    pub dir: tempfile::TempDir,
+    server: Option<scopegate::Server>,
+}
+
+impl Gateway {
+    /// Starts the gateway; panics with the error text (and the config) on failure.
+    pub async fn start(toml: &str) -> Gateway {
+        Self::start_with_files(toml, &[]).await
+    }
+
+    /// Starts the gateway; `Err` holds the error's Display text.
+    pub async fn try_start(toml: &str) -> Result<Gateway, String> {
+        Self::try_start_with_files(toml, &[]).await
+    }
+
+    /// Like [`Gateway::start`], also writing `files` (paths relative to the config's directory,
+    /// parent directories created) before the gateway starts.
+    pub async fn start_with_files(toml: &str, files: &[(&str, &str)]) -> Gateway {
+        match Self::try_start_with_files(toml, files).await {
+            Ok(gateway) => gateway,
+            Err(e) => panic!("gateway failed to start: {e}\n--- gateway.toml ---\n{toml}"),
+        }
+    }
+
+    /// Like [`Gateway::try_start`], with extra files as in [`Gateway::start_with_files`].
+    pub async fn try_start_with_files(toml: &str, files: &[(&str, &str)]) -> Result<Gateway, String> {
+        let dir = tempfile::tempdir().map_err(|e| format!("tempdir: {e}"))?;
+        for (name, contents) in files {
+            let path = dir.path().join(name);
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
+            }
+            std::fs::write(&path, contents).map_err(|e| format!("{}: {e}", path.display()))?;
+        }
+        let config = dir.path().join("gateway.toml");
+        std::fs::write(&config, toml).map_err(|e| format!("{}: {e}", config.display()))?;
+        let started = tokio::time::timeout(GATEWAY_START_TIMEOUT, scopegate::Server::start(&config))
+            .await
+            .map_err(|_| format!("Server::start did not return within {GATEWAY_START_TIMEOUT:?}"))?;
+        let server = started.map_err(|e| e.to_string())?;
+        let addr = server.local_addr();
+        Ok(Gateway { addr, url: format!("http://{addr}"), dir, server: Some(server) })
+    }
+
+    /// Path of the gateway.toml in use.
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("gateway.toml")
+    }
+
+    /// Shuts the server down (bounded; panics if it does not stop in time), then removes the
+    /// temp dir.
+    pub async fn stop(mut self) {
+        if let Some(server) = self.server.take() {
+            let stopped = tokio::time::timeout(GATEWAY_STOP_TIMEOUT, server.shutdown()).await;
+            assert!(stopped.is_ok(), "Server::shutdown did not finish within {GATEWAY_STOP_TIMEOUT:?}");
+        }
+    }
+}
+
+/// A gateway.toml prefix: `[server] listen = "127.0.0.1:0"` and one `[[auth.issuers]]` with
+/// `issuer`, `jwks_uri` and `algorithms`. The issuer table is left open, so lines appended right
+/// after it (e.g. `audiences = [...]`) extend it; then tests append `[upstreams.*]` and `[[routes]]`.
+pub fn base_toml(iss: &str, jwks_url: &str, algs: &[&str]) -> String {
+    format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n\n[[auth.issuers]]\nissuer = {}\njwks_uri = {}\nalgorithms = {}\n",
+        toml_str(iss),
+        toml_str(jwks_url),
+        toml_list(algs),
+    )
+}
+
+/// A TOML basic string literal.
+pub fn toml_str(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_control() => out.push_str(&format!("\\u{:04X}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// A TOML array of strings.
+pub fn toml_list(items: &[&str]) -> String {
+    let items: Vec<String> = items.iter().map(|s| toml_str(s)).collect();
+    format!("[{}]", items.join(", "))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Clients
+// ---------------------------------------------------------------------------------------------
+
+/// A response: status, headers (lower-case names) and body (lossy UTF-8).
+#[derive(Clone, Debug)]
+pub struct Resp {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Resp {
+    /// The first value of header `name` (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        find_header(&self.headers, name)
+    }
+}
+
+/// One HTTP/1.1 request to the gateway over a fresh connection (hyper client). A `host` header
+/// is added unless `headers` has one. Panics if there is no complete response within 10 s.
+pub async fn send(gw: &Gateway, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> Resp {
+    send_to(gw.addr, method, path, headers, body).await
+}
+
+/// [`send`] to any address.
+pub async fn send_to(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> Resp {
+    let exchange = async {
+        let stream = TcpStream::connect(addr).await.unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.expect("HTTP/1.1 handshake");
+        let conn = tokio::spawn(conn);
+        let method_value = hyper::Method::from_bytes(method.as_bytes()).expect("valid method");
+        let mut builder = Request::builder().method(method_value).uri(path);
+        if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+            builder = builder.header(hyper::header::HOST, addr.to_string());
+        }
+        for (name, value) in headers {
+            builder = builder.header(*name, *value);
+        }
+        let req = builder
+            .body(Full::new(Bytes::from(body.to_string())))
+            .unwrap_or_else(|e| panic!("cannot build request {method} {path}: {e}"));
+        let resp = sender.send_request(req).await.unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+        let status = resp.status().as_u16();
+        let headers = header_pairs(resp.headers());
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .unwrap_or_else(|e| panic!("{method} {path}: reading body: {e}"))
+            .to_bytes();
+        conn.abort();
+        Resp { status, headers, body: String::from_utf8_lossy(&body).into_owned() }
+    };
+    tokio::time::timeout(HTTP_TIMEOUT, exchange)
+        .await
+        .unwrap_or_else(|_| panic!("{method} {path}: no complete response within {HTTP_TIMEOUT:?}"))
+}
+
+/// GET `path`; `token` is sent as `authorization: Bearer <token>`.
+pub async fn get(gw: &Gateway, path: &str, token: Option<&str>) -> Resp {
+    match token {
+        Some(token) => {
+            let auth = format!("Bearer {token}");
+            send(gw, "GET", path, &[("authorization", &auth)], "").await
+        }
+        None => send(gw, "GET", path, &[], "").await,
+    }
+}
+
+fn header_pairs(headers: &hyper::HeaderMap) -> Vec<(String, String)> {
+    headers
+        .iter()
+        .map(|(k, v)| {
+            let value = String::from_utf8_lossy(v.as_bytes()).into_owned();
+            (k.as_str().to_string(), value)
+        })
+        .collect()
+}
+
+/// Raw TCP: writes `raw` verbatim, then reads until the peer closes or one full response
+/// (content-length / chunked; 101, 204 and 304 have no body; 1xx interim answers are skipped)
+/// has arrived, at most 5 s. A response without a length is read until close, so such requests
+/// should send `connection: close`. If no response head arrived at all (e.g. the peer just
+/// closed), the result has `status == 0` and the bytes received as `body`.
+pub async fn raw(addr: SocketAddr, raw: &[u8]) -> Resp {
+    let deadline = tokio::time::Instant::now() + RAW_TIMEOUT;
+    let mut stream = tokio::time::timeout_at(deadline, TcpStream::connect(addr))
+        .await
+        .unwrap_or_else(|_| panic!("connect {addr}: timed out"))
+        .unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    // The peer may answer and close before reading everything (e.g. 431): keep reading anyway.
+    let _ = tokio::time::timeout_at(deadline, stream.write_all(raw)).await;
+    let mut buf = Vec::new();
+    let mut chunk = vec![0u8; 64 * 1024];
+    loop {
+        if let Some(resp) = parse_response(&buf, false) {
+            return resp;
+        }
+        match tokio::time::timeout_at(deadline, stream.read(&mut chunk)).await {
+            Ok(Ok(n)) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+            _ => break, // closed, reset or timed out
+        }
+    }
+    parse_response(&buf, true).unwrap_or_else(|| Resp {
+        status: 0,
+        headers: Vec::new(),
+        body: String::from_utf8_lossy(&buf).into_owned(),
+    })
+}
+
+/// Parses one complete HTTP/1.x response from `buf`; `None` while incomplete. With `eof`, a
+/// response whose head arrived is returned with whatever body arrived.
+fn parse_response(buf: &[u8], eof: bool) -> Option<Resp> {
+    let mut start = 0;
+    loop {
+        let head_end = start + find(&buf[start..], b"\r\n\r\n")?;
+        let head = String::from_utf8_lossy(&buf[start..head_end]);
+        let mut lines = head.split("\r\n");
+        let status: u16 = lines.next()?.split_whitespace().nth(1)?.parse().ok()?;
+        let headers: Vec<(String, String)> = lines
+            .filter_map(|line| line.split_once(':'))
+            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+            .collect();
+        let body_start = head_end + 4;
+        if (100..200).contains(&status) && status != 101 {
+            start = body_start; // interim response, e.g. 100 Continue
+            continue;
+        }
+        let rest = &buf[body_start..];
+        let chunked =
+            find_header(&headers, "transfer-encoding").is_some_and(|te| te.to_ascii_lowercase().contains("chunked"));
+        let body: Vec<u8> = if matches!(status, 101 | 204 | 304) {
+            Vec::new()
+        } else if chunked {
+            match decode_chunked(rest) {
+                Some(body) => body,
+                None if eof => rest.to_vec(),
+                None => return None,
+            }
+        } else if let Some(len) = find_header(&headers, "content-length") {
+            let len: usize = len.parse().ok()?;
+            if rest.len() >= len {
+                rest[..len].to_vec()
+            } else if eof {
+                rest.to_vec()
+            } else {
+                return None;
+            }
+        } else if eof {
+            rest.to_vec()
+        } else {
+            return None;
+        };
+        return Some(Resp { status, headers, body: String::from_utf8_lossy(&body).into_owned() });
+    }
+}
+
+/// Decodes a complete chunked body; `None` while incomplete.
+fn decode_chunked(mut data: &[u8]) -> Option<Vec<u8>> {
+    let mut body = Vec::new();
+    loop {
+        let line_end = find(data, b"\r\n")?;
+        let size_line = std::str::from_utf8(&data[..line_end]).ok()?;
+        let size = usize::from_str_radix(size_line.split(';').next()?.trim(), 16).ok()?;
+        data = &data[line_end + 2..];
+        if size == 0 {
+            // Optional trailers, then an empty line.
+            let complete = data.starts_with(b"\r\n") || find(data, b"\r\n\r\n").is_some();
+            return complete.then_some(body);
+        }
+        if data.len() < size + 2 {
+            return None;
+        }
+        body.extend_from_slice(&data[..size]);
+        data = &data[size + 2..];
+    }
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}

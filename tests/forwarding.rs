@@ -1,0 +1,702 @@
+//! Forwarding to real upstreams (SPEC §3.5).
+
+mod common;
+use common::*;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Empty, StreamBody};
+use hyper::body::Frame;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const UNAUTHORIZED: &str = r#"{"message":"Unauthorized"}"#;
+const MIB: u64 = 1024 * 1024;
+
+async fn bounded<F: std::future::Future>(secs: u64, fut: F) -> F::Output {
+    tokio::time::timeout(Duration::from_secs(secs), fut).await.expect("test timed out")
+}
+
+/// A gateway.toml with the given extra `[server]` and `[auth]` keys, one issuer and `rest`.
+fn config(jwks_url: &str, server_extra: &str, auth_extra: &str, rest: &str) -> String {
+    format!(
+        r#"[server]
+listen = "127.0.0.1:0"
+{server_extra}
+
+[auth]
+{auth_extra}
+
+[[auth.issuers]]
+issuer = "{ISS}"
+jwks_uri = "{jwks_url}"
+algorithms = ["RS256"]
+
+{rest}
+"#
+    )
+}
+
+fn upstream_toml(name: &str, url: &str) -> String {
+    format!("\n[upstreams.{name}]\nurl = \"{url}\"\n")
+}
+
+fn route(path: &str, methods: &str, upstream: &str) -> String {
+    format!(
+        r#"
+[[routes]]
+path = "{path}"
+methods = {methods}
+scopes = ["API/book.get"]
+upstream = "{upstream}"
+"#
+    )
+}
+
+fn public_route(path: &str, upstream: &str) -> String {
+    format!(
+        r#"
+[[routes]]
+path = "{path}"
+methods = ["GET"]
+auth = "none"
+upstream = "{upstream}"
+"#
+    )
+}
+
+/// Raw GET with `Connection: close` and the given extra header lines.
+fn raw_get(path: &str, host: &str, headers: &[(&str, &str)]) -> Vec<u8> {
+    let mut s = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n");
+    for (k, v) in headers {
+        s.push_str(&format!("{k}: {v}\r\n"));
+    }
+    s.push_str("Connection: close\r\n\r\n");
+    s.into_bytes()
+}
+
+struct Env {
+    key: TestKey,
+    jwks: JwksServer,
+    books: Upstream,
+}
+
+impl Env {
+    async fn new(kid: &str) -> Env {
+        let key = TestKey::generate(Algorithm::RS256, kid);
+        let jwks = JwksServer::start(vec![key.jwk()]).await;
+        let books = Upstream::start("books").await;
+        Env { key, jwks, books }
+    }
+    fn token(&self) -> String {
+        self.key.sign(&claims(ISS, "client-1", "API/book.get API/book.post"))
+    }
+    fn jwks_url(&self) -> &str {
+        &self.jwks.url
+    }
+}
+
+fn x_auth_headers(r: &Received) -> Vec<(String, String)> {
+    r.headers.iter().filter(|(k, _)| k.starts_with("x-auth-")).cloned().collect()
+}
+
+/// Waits (bounded) until the upstream has recorded `n` requests.
+async fn wait_count(up: &Upstream, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while up.count() < n {
+        assert!(Instant::now() < deadline, "upstream recorded {} requests, want {n}", up.count());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_identity_and_override_headers_are_replaced() {
+    bounded(30, async {
+        let env = Env::new("fwd-k1").await;
+        let rest = format!(
+            "{}{}{}",
+            upstream_toml("books", &env.books.url),
+            route("/book", r#"["GET"]"#, "books"),
+            public_route("/public", "books"),
+        );
+        let gw = Gateway::start(&config(env.jwks_url(), "", "", &rest)).await;
+        let auth = format!("Bearer {}", env.token());
+        let spoofed: &[(&str, &str)] = &[
+            ("x-auth-sub", "evil-sub"),
+            ("X-Auth-Client-Id", "evil-client"),
+            ("x-auth-scope", "API/admin"),
+            ("x-auth-issuer", "https://evil.example"),
+            ("x-auth-anything", "evil-anything"),
+            ("X-AUTH-SUB", "evil-sub-2"),
+            ("x-http-method-override", "DELETE"),
+            ("x-method-override", "DELETE"),
+            ("x-http-method", "DELETE"),
+        ];
+
+        // JWT route: the gateway's identity headers, none of the client's values.
+        let mut headers = spoofed.to_vec();
+        headers.push(("authorization", &auth));
+        let resp = send(&gw, "GET", "/book", &headers, "").await;
+        assert_eq!(resp.status, 200, "body {:?}", resp.body);
+        let r = env.books.last().expect("upstream reached");
+        assert_eq!(r.method, "GET");
+        for name in ["x-http-method-override", "x-method-override", "x-http-method"] {
+            assert!(r.header(name).is_none(), "{name} forwarded: {:?}", r.headers);
+        }
+        for (_, v) in &r.headers {
+            assert!(
+                !v.contains("evil") && v != "API/admin" && v != "DELETE",
+                "client value {v:?} reached the upstream: {:?}",
+                r.headers
+            );
+        }
+        assert_eq!(r.header_all("x-auth-sub"), vec!["client-1"]);
+        assert_eq!(r.header_all("x-auth-client-id"), vec!["client-1"]);
+        assert_eq!(r.header_all("x-auth-scope"), vec!["API/book.get API/book.post"]);
+        assert_eq!(r.header_all("x-auth-issuer"), vec![ISS]);
+        let mut names: Vec<String> = x_auth_headers(&r).into_iter().map(|(k, _)| k).collect();
+        names.sort();
+        assert_eq!(
+            names,
+            vec!["x-auth-client-id", "x-auth-issuer", "x-auth-scope", "x-auth-sub"],
+            "unexpected x-auth-* set: {:?}",
+            r.headers
+        );
+        // The default keeps the token for the upstream.
+        assert_eq!(r.header("authorization"), Some(auth.as_str()));
+
+        // Public route: no x-auth-* at all.
+        let resp = send(&gw, "GET", "/public", spoofed, "").await;
+        assert_eq!(resp.status, 200, "body {:?}", resp.body);
+        let r = env.books.last().unwrap();
+        assert_eq!(r.target, "/public");
+        assert!(x_auth_headers(&r).is_empty(), "x-auth-* on public route: {:?}", r.headers);
+        for name in ["x-http-method-override", "x-method-override", "x-http-method"] {
+            assert!(r.header(name).is_none(), "{name} forwarded: {:?}", r.headers);
+        }
+        gw.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hop_by_hop_headers_are_not_forwarded_and_forwarded_headers_are_set() {
+    bounded(30, async {
+        let env = Env::new("fwd-k2").await;
+        let rest = format!("{}{}", upstream_toml("books", &env.books.url), route("/book", r#"["GET"]"#, "books"),);
+        let gw = Gateway::start(&config(env.jwks_url(), "", "", &rest)).await;
+        let auth = format!("Bearer {}", env.token());
+        let req = format!(
+            "GET /book HTTP/1.1\r\n\
+             Host: client.example:8443\r\n\
+             Authorization: {auth}\r\n\
+             Connection: keep-alive, foo\r\n\
+             Foo: secret-foo\r\n\
+             Keep-Alive: timeout=5\r\n\
+             TE: trailers\r\n\
+             Trailer: x-t\r\n\
+             Upgrade: h2c\r\n\
+             Proxy-Authorization: Basic YWxhZGRpbjpvcGVuc2VzYW1l\r\n\
+             X-Keep-Me: yes\r\n\
+             X-Request-Id: client-req-42\r\n\
+             \r\n"
+        );
+        let resp = raw(gw.addr, req.as_bytes()).await;
+        assert_eq!(resp.status, 200, "body {:?}", resp.body);
+        let r = env.books.last().expect("upstream reached");
+        for name in ["foo", "keep-alive", "te", "trailer", "upgrade", "proxy-authorization"] {
+            assert!(r.header(name).is_none(), "hop-by-hop {name} forwarded: {:?}", r.headers);
+        }
+        for v in r.header_all("connection") {
+            let v = v.to_ascii_lowercase();
+            assert!(!v.contains("foo") && !v.contains("upgrade"), "connection {v:?} forwarded");
+        }
+        assert_eq!(r.header("x-keep-me"), Some("yes"), "end-to-end header lost: {:?}", r.headers);
+        assert_eq!(r.header_all("x-request-id"), vec!["client-req-42"]);
+
+        let xff = r.header_all("x-forwarded-for").join(",");
+        assert!(xff.contains("127.0.0.1"), "x-forwarded-for {xff:?}");
+        assert_eq!(r.header_all("x-forwarded-proto"), vec!["http"]);
+        assert_eq!(r.header_all("x-forwarded-host"), vec!["client.example:8443"]);
+        gw.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_id_is_generated_when_absent() {
+    bounded(30, async {
+        let env = Env::new("fwd-k3").await;
+        let rest = format!("{}{}", upstream_toml("books", &env.books.url), route("/book", r#"["GET"]"#, "books"),);
+        let gw = Gateway::start(&config(env.jwks_url(), "", "", &rest)).await;
+        let auth = format!("Bearer {}", env.token());
+        let mut ids = Vec::new();
+        for _ in 0..2 {
+            let resp = raw(gw.addr, &raw_get("/book", "x", &[("Authorization", &auth)])).await;
+            assert_eq!(resp.status, 200, "body {:?}", resp.body);
+            let r = env.books.last().unwrap();
+            let all = r.header_all("x-request-id");
+            assert_eq!(all.len(), 1, "x-request-id values {all:?}");
+            assert!(!all[0].trim().is_empty(), "empty generated x-request-id");
+            ids.push(all[0].to_string());
+        }
+        assert_ne!(ids[0], ids[1], "generated request ids repeat");
+
+        // A client id is passed through unchanged (also via hyper's client).
+        let resp = send(&gw, "GET", "/book", &[("authorization", &auth), ("x-request-id", "Abc-123_xyz")], "").await;
+        assert_eq!(resp.status, 200);
+        assert_eq!(env.books.last().unwrap().header_all("x-request-id"), vec!["Abc-123_xyz"]);
+        gw.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forward_token_false_strips_authorization() {
+    bounded(30, async {
+        let env = Env::new("fwd-k4").await;
+        let rest = format!("{}{}", upstream_toml("books", &env.books.url), route("/book", r#"["GET"]"#, "books"),);
+        let gw = Gateway::start(&config(env.jwks_url(), "", "forward_token = false", &rest)).await;
+        let resp = get(&gw, "/book", Some(&env.token())).await;
+        assert_eq!(resp.status, 200, "body {:?}", resp.body);
+        let r = env.books.last().unwrap();
+        assert!(r.header("authorization").is_none(), "token forwarded: {:?}", r.headers);
+        // identity headers still default to on
+        assert_eq!(r.header("x-auth-client-id"), Some("client-1"));
+        // and a request without a token is still refused
+        let resp = get(&gw, "/book", None).await;
+        assert_eq!((resp.status, resp.body.as_str()), (401, UNAUTHORIZED));
+        gw.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identity_headers_false_sets_none() {
+    bounded(30, async {
+        let env = Env::new("fwd-k5").await;
+        let rest = format!("{}{}", upstream_toml("books", &env.books.url), route("/book", r#"["GET"]"#, "books"),);
+        let gw = Gateway::start(&config(env.jwks_url(), "", "identity_headers = false", &rest)).await;
+        let auth = format!("Bearer {}", env.token());
+        let resp = send(
+            &gw,
+            "GET",
+            "/book",
+            &[("authorization", &auth), ("x-auth-sub", "evil"), ("x-auth-scope", "evil")],
+            "",
+        )
+        .await;
+        assert_eq!(resp.status, 200, "body {:?}", resp.body);
+        let r = env.books.last().unwrap();
+        assert!(x_auth_headers(&r).is_empty(), "x-auth-* forwarded: {:?}", r.headers);
+        assert_eq!(r.header("authorization"), Some(auth.as_str()));
+        gw.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_url_path_prefix_is_prepended() {
+    bounded(30, async {
+        let env = Env::new("fwd-k6").await;
+        let rest = format!(
+            "{}{}",
+            upstream_toml("books", &format!("http://127.0.0.1:{}/api", env.books.addr.port())),
+            route("/book", r#"["GET"]"#, "books"),
+        );
+        let gw = Gateway::start(&config(env.jwks_url(), "", "", &rest)).await;
+        let token = env.token();
+        let resp = get(&gw, "/book", Some(&token)).await;
+        assert_eq!(resp.status, 200, "body {:?}", resp.body);
+        assert_eq!(env.books.last().unwrap().target, "/api/book");
+        let v: serde_json::Value = serde_json::from_str(&resp.body).expect("upstream JSON body");
+        assert_eq!(v["target"], "/api/book");
+        let resp = get(&gw, "/book?q=1&r=%20", Some(&token)).await;
+        assert_eq!(resp.status, 200);
+        assert_eq!(env.books.last().unwrap().target, "/api/book?q=1&r=%20");
+        gw.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_upstream_is_502_and_slow_upstream_is_504() {
+    bounded(30, async {
+        let env = Env::new("fwd-k7").await;
+        let dead_port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let rest = format!(
+            "{}{}{}{}",
+            upstream_toml("books", &env.books.url),
+            upstream_toml("dead", &format!("http://127.0.0.1:{dead_port}")),
+            route("/book", r#"["GET"]"#, "dead"),
+            route("/slow", r#"["GET"]"#, "books"),
+        );
+        let gw = Gateway::start(&config(env.jwks_url(), r#"request_timeout = "500ms""#, "", &rest)).await;
+        let token = env.token();
+
+        let resp = get(&gw, "/book", Some(&token)).await;
+        assert_eq!(resp.status, 502, "body {:?}", resp.body);
+        assert_eq!(resp.body, r#"{"message":"Bad Gateway"}"#);
+        assert!(resp.header("content-type").unwrap_or("").starts_with("application/json"));
+
+        let started = Instant::now();
+        let resp = get(&gw, "/slow", Some(&token)).await;
+        let took = started.elapsed();
+        assert_eq!(resp.status, 504, "body {:?}", resp.body);
+        assert_eq!(resp.body, r#"{"message":"Gateway Timeout"}"#);
+        assert!(
+            took >= Duration::from_millis(400) && took < Duration::from_millis(2500),
+            "504 after {took:?} with request_timeout 500ms"
+        );
+        assert_eq!(env.books.requests().iter().filter(|r| r.target == "/slow").count(), 1);
+        // unauthenticated requests never reach the (dead) upstream: still 401
+        let resp = get(&gw, "/book", None).await;
+        assert_eq!((resp.status, resp.body.as_str()), (401, UNAUTHORIZED));
+        gw.stop().await;
+    })
+    .await;
+}
+
+fn vm_rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .expect("VmRSS in /proc/self/status")
+}
+
+/// Samples VmRSS on a plain thread until stopped; returns the peak seen.
+struct RssSampler {
+    stop: Arc<AtomicBool>,
+    handle: std::thread::JoinHandle<u64>,
+}
+
+impl RssSampler {
+    fn start() -> RssSampler {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let handle = std::thread::spawn(move || {
+            let mut peak = vm_rss_kib();
+            while !flag.load(Ordering::Relaxed) {
+                peak = peak.max(vm_rss_kib());
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            peak.max(vm_rss_kib())
+        });
+        RssSampler { stop, handle }
+    }
+    fn peak_kib(self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        self.handle.join().expect("sampler thread")
+    }
+}
+
+type ClientBody = BoxBody<Bytes, Infallible>;
+
+/// `total` bytes in 64 KiB chunks, produced lazily from one shared buffer.
+fn generated_body(total: u64) -> ClientBody {
+    const CHUNK: u64 = 64 * 1024;
+    let chunk = Bytes::from(vec![b'y'; CHUNK as usize]);
+    let n = total.div_ceil(CHUNK);
+    let frames = (0..n).map(move |i| {
+        let len = if i + 1 == n { total - i * CHUNK } else { CHUNK };
+        Ok::<_, Infallible>(Frame::data(chunk.slice(0..len as usize)))
+    });
+    StreamBody::new(futures_util::stream::iter(frames)).boxed()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_bodies_stream_both_ways_without_buffering() {
+    bounded(240, async {
+        let env = Env::new("fwd-k8").await;
+        let rest = format!(
+            "{}{}{}",
+            upstream_toml("books", &env.books.url),
+            route("/upload", r#"["POST"]"#, "books"),
+            route("/big", r#"["GET"]"#, "books"),
+        );
+        let gw = Gateway::start(&config(env.jwks_url(), r#"request_timeout = "200s""#, "", &rest)).await;
+        let auth = format!("Bearer {}", env.token());
+        let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build_http::<ClientBody>();
+
+        // Warm up: one small request so connection pools and lazy statics exist before measuring.
+        let req = hyper::Request::post(format!("{}/upload", gw.url))
+            .header("authorization", &auth)
+            .body(generated_body(1024))
+            .unwrap();
+        let resp = client.request(req).await.expect("warm-up request");
+        assert_eq!(resp.status(), 200);
+        resp.into_body().collect().await.unwrap();
+        wait_count(&env.books, 1).await;
+        assert_eq!(env.books.last().unwrap().body_len, 1024);
+
+        // 64 MiB upload, chunked, generated on the fly.
+        let upload = 64 * MIB;
+        let before = vm_rss_kib();
+        let sampler = RssSampler::start();
+        let req = hyper::Request::post(format!("{}/upload", gw.url))
+            .header("authorization", &auth)
+            .body(generated_body(upload))
+            .unwrap();
+        let resp = client.request(req).await.expect("upload request");
+        assert_eq!(resp.status(), 200);
+        resp.into_body().collect().await.unwrap();
+        let peak = sampler.peak_kib();
+        wait_count(&env.books, 2).await;
+        let r = env.books.last().unwrap();
+        assert_eq!(r.method, "POST");
+        assert_eq!(r.target, "/upload");
+        assert_eq!(r.body_len, upload, "upstream got {} bytes", r.body_len);
+        let growth = peak.saturating_sub(before) * 1024;
+        eprintln!("64 MiB upload: RSS {before} KiB -> peak {peak} KiB");
+        assert!(growth < 32 * MIB, "RSS grew by {} MiB while streaming a 64 MiB request body", growth / MIB);
+
+        // 256 MiB download, counted and dropped chunk by chunk.
+        let download: u64 = 256 * MIB;
+        let before = vm_rss_kib();
+        let sampler = RssSampler::start();
+        let req = hyper::Request::get(format!("{}/big?bytes={download}", gw.url))
+            .header("authorization", &auth)
+            .body(Empty::<Bytes>::new().boxed())
+            .unwrap();
+        let resp = client.request(req).await.expect("download request");
+        assert_eq!(resp.status(), 200);
+        let mut body = resp.into_body();
+        let mut received: u64 = 0;
+        let mut wrong_bytes = 0u64;
+        while let Some(frame) = body.frame().await {
+            let frame = frame.expect("download body error");
+            if let Some(data) = frame.data_ref() {
+                received += data.len() as u64;
+                wrong_bytes += data.iter().filter(|&&b| b != b'x').count() as u64;
+            }
+        }
+        let peak = sampler.peak_kib();
+        assert_eq!(received, download, "response truncated or padded");
+        assert_eq!(wrong_bytes, 0, "response content altered");
+        assert_eq!(env.books.last().unwrap().target, format!("/big?bytes={download}"));
+        let growth = peak.saturating_sub(before) * 1024;
+        eprintln!("256 MiB download: RSS {before} KiB -> peak {peak} KiB");
+        assert!(growth < 64 * MIB, "RSS grew by {} MiB while streaming a 256 MiB response", growth / MIB);
+        drop(client);
+        gw.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_prior_knowledge_end_to_end() {
+    bounded(30, async {
+        let env = Env::new("fwd-k9").await;
+        let rest = format!("{}{}", upstream_toml("books", &env.books.url), route("/book", r#"["GET"]"#, "books"),);
+        let gw = Gateway::start(&config(env.jwks_url(), "", "", &rest)).await;
+
+        let tcp = TcpStream::connect(gw.addr).await.unwrap();
+        let (mut sender, conn) = hyper::client::conn::http2::handshake::<_, _, Empty<Bytes>>(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(tcp),
+        )
+        .await
+        .expect("h2 handshake with the plain-TCP listener");
+        let conn_task = tokio::spawn(conn);
+
+        let req = hyper::Request::get(format!("http://{}/book?h2=1", gw.addr))
+            .header("authorization", format!("Bearer {}", env.token()))
+            .header("x-auth-sub", "evil-h2")
+            .header("x-http-method-override", "DELETE")
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        let resp = sender.send_request(req).await.expect("h2 request");
+        assert_eq!(resp.version(), hyper::Version::HTTP_2);
+        assert_eq!(resp.status(), 200);
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        let v: serde_json::Value = serde_json::from_slice(&body).expect("upstream JSON");
+        assert_eq!(v["upstream"], "books");
+        assert_eq!(v["target"], "/book?h2=1");
+        let r = env.books.last().expect("upstream reached");
+        assert_eq!((r.method.as_str(), r.target.as_str()), ("GET", "/book?h2=1"));
+        assert_eq!(r.header_all("x-auth-sub"), vec!["client-1"]);
+        assert!(r.header("x-http-method-override").is_none(), "{:?}", r.headers);
+
+        // Same connection, no token: 401 with the exact body.
+        let req = hyper::Request::get(format!("http://{}/book", gw.addr)).body(Empty::<Bytes>::new()).unwrap();
+        let resp = sender.send_request(req).await.expect("h2 request");
+        assert_eq!(resp.status(), 401);
+        assert_eq!(resp.headers().get("www-authenticate").and_then(|v| v.to_str().ok()), Some("Bearer"));
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&body[..], UNAUTHORIZED.as_bytes());
+        assert_eq!(env.books.count(), 1);
+
+        drop(sender);
+        let _ = tokio::time::timeout(Duration::from_secs(5), conn_task).await;
+        gw.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mock_route_answers_after_auth() {
+    bounded(30, async {
+        let env = Env::new("fwd-k10").await;
+        let rest = r#"
+[[routes]]
+path = "/mock"
+methods = ["GET"]
+scopes = ["API/book.get"]
+response = { status = 201, content_type = "text/plain", body = "hi" }
+"#;
+        let gw = Gateway::start(&config(env.jwks_url(), "", "", rest)).await;
+
+        let resp = get(&gw, "/mock", Some(&env.token())).await;
+        assert_eq!(resp.status, 201);
+        assert_eq!(resp.body, "hi");
+        assert!(
+            resp.header("content-type").unwrap_or("").starts_with("text/plain"),
+            "content-type {:?}",
+            resp.header("content-type")
+        );
+
+        let resp = get(&gw, "/mock", None).await;
+        assert_eq!((resp.status, resp.body.as_str()), (401, UNAUTHORIZED));
+
+        let wrong = env.key.sign(&claims(ISS, "client-2", "API/user.get"));
+        let resp = get(&gw, "/mock", Some(&wrong)).await;
+        assert_eq!((resp.status, resp.body.as_str()), (401, UNAUTHORIZED));
+        assert_eq!(resp.header("www-authenticate"), Some(r#"Bearer error="insufficient_scope""#));
+        assert_eq!(env.books.count(), 0);
+        gw.stop().await;
+    })
+    .await;
+}
+
+/// Reads from `s` until the end of a response head; returns (head, bytes after it).
+async fn read_head(s: &mut TcpStream) -> (String, Vec<u8>) {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..i]).into_owned();
+            return (head, buf[i + 4..].to_vec());
+        }
+        let n = s.read(&mut chunk).await.expect("read response head");
+        assert!(n > 0, "connection closed before a response head: {:?}", String::from_utf8_lossy(&buf));
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_upgrade_passes_through_on_authorized_route() {
+    bounded(30, async {
+        let env = Env::new("fwd-k11").await;
+        let rest = format!("{}{}", upstream_toml("books", &env.books.url), route("/ws", r#"["GET"]"#, "books"),);
+        let gw = Gateway::start(&config(env.jwks_url(), "", "", &rest)).await;
+        let upgrade = |auth: Option<&str>| {
+            let mut s = String::from(
+                "GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+                 Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n",
+            );
+            if let Some(a) = auth {
+                s.push_str(&format!("Authorization: Bearer {a}\r\n"));
+            }
+            s.push_str("\r\n");
+            s.into_bytes()
+        };
+
+        // No token: 401, upstream untouched.
+        let resp = raw(gw.addr, &upgrade(None)).await;
+        assert_eq!((resp.status, resp.body.as_str()), (401, UNAUTHORIZED));
+        assert_eq!(env.books.count(), 0);
+
+        // A token without the route's scope: refused too, nothing tunnelled.
+        let wrong = env.key.sign(&claims(ISS, "client-2", "API/user.get"));
+        let resp = raw(gw.addr, &upgrade(Some(&wrong))).await;
+        assert_eq!((resp.status, resp.body.as_str()), (401, UNAUTHORIZED));
+        assert_eq!(env.books.count(), 0);
+
+        // With a token: 101, then bytes flow both ways through the gateway.
+        let mut s = TcpStream::connect(gw.addr).await.unwrap();
+        s.write_all(&upgrade(Some(&env.token()))).await.unwrap();
+        let (head, mut pending) = read_head(&mut s).await;
+        let status_line = head.lines().next().unwrap_or("");
+        assert!(status_line.starts_with("HTTP/1.1 101"), "head: {head}");
+        let lower = head.to_ascii_lowercase();
+        assert!(lower.contains("upgrade: websocket"), "head: {head}");
+        for msg in [&b"hello through the gateway"[..], &[0x81, 0x02, 0xff, 0x00][..]] {
+            s.write_all(msg).await.unwrap();
+            while pending.len() < msg.len() {
+                let mut chunk = [0u8; 1024];
+                let n = s.read(&mut chunk).await.expect("read echo");
+                assert!(n > 0, "tunnel closed early");
+                pending.extend_from_slice(&chunk[..n]);
+            }
+            let echoed: Vec<u8> = pending.drain(..msg.len()).collect();
+            assert_eq!(echoed, msg);
+        }
+        drop(s);
+        let r = env.books.last().expect("upstream saw the upgrade");
+        assert_eq!(r.target, "/ws");
+        assert_eq!(r.header("x-auth-client-id"), Some("client-1"));
+        gw.stop().await;
+    })
+    .await;
+}
+
+/// Writes `req` and reads until close, tolerating a reset after the response.
+async fn raw_tolerant(addr: SocketAddr, req: &[u8]) -> Vec<u8> {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let _ = s.write_all(req).await;
+    let mut out = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        match s.read(&mut chunk).await {
+            Ok(0) | Err(_) => return out,
+            Ok(n) => out.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_request_head_is_431() {
+    bounded(30, async {
+        let env = Env::new("fwd-k12").await;
+        let rest = format!("{}{}", upstream_toml("books", &env.books.url), route("/book", r#"["GET"]"#, "books"),);
+        let gw = Gateway::start(&config(env.jwks_url(), "max_header_bytes = 8192", "", &rest)).await;
+        let auth = format!("Bearer {}", env.token());
+
+        // A head well under the limit is served.
+        let small = "a".repeat(3000);
+        let resp = raw(gw.addr, &raw_get("/book", "x", &[("Authorization", &auth), ("X-Pad", &small)])).await;
+        assert_eq!(resp.status, 200, "body {:?}", resp.body);
+
+        // A 10 KB header is refused with 431. The server may reset the connection after
+        // answering, so retry a few times if the response itself got lost.
+        let big = "a".repeat(10 * 1024);
+        let req = raw_get("/book", "x", &[("Authorization", &auth), ("X-Big", &big)]);
+        let mut seen = Vec::new();
+        for _ in 0..5 {
+            let out = raw_tolerant(gw.addr, &req).await;
+            let line = String::from_utf8_lossy(&out).lines().next().unwrap_or("").to_string();
+            if !line.is_empty() {
+                seen.push(line);
+                break;
+            }
+        }
+        assert_eq!(seen.len(), 1, "no response to an oversized head");
+        assert!(seen[0].starts_with("HTTP/1.1 431"), "status line {:?}", seen[0]);
+        assert_eq!(env.books.count(), 1, "oversized request was forwarded");
+        gw.stop().await;
+    })
+    .await;
+}

@@ -1,0 +1,628 @@
+//! Route table and path normalization (SPEC §2 "Route choice", §3.1, §3.2).
+
+mod common;
+use common::*;
+
+use std::time::Duration;
+
+const BAD_REQUEST: &str = r#"{"message":"Bad Request"}"#;
+const NOT_FOUND: &str = r#"{"message":"Not Found"}"#;
+const UNAUTHORIZED: &str = r#"{"message":"Unauthorized"}"#;
+const METHOD_NOT_ALLOWED: &str = r#"{"message":"Method Not Allowed"}"#;
+
+/// Bounds every test: nothing here should take more than a few seconds.
+async fn bounded<F: std::future::Future>(fut: F) -> F::Output {
+    tokio::time::timeout(Duration::from_secs(60), fut).await.expect("test timed out")
+}
+
+/// Raw HTTP/1.1 request with `target` written verbatim in the request line.
+fn raw_request(target: &str, token: &str) -> Vec<u8> {
+    format!("GET {target} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n")
+        .into_bytes()
+}
+
+/// A mock route answering `body` as text/plain, public.
+fn mock_route(path: &str, methods: &str, body: &str) -> String {
+    format!(
+        r#"
+[[routes]]
+path = "{path}"
+methods = {methods}
+auth = "none"
+response = {{ status = 200, content_type = "text/plain", body = "{body}" }}
+"#
+    )
+}
+
+/// Finds `NAME:LINE:COL` in an error text and returns (LINE, COL).
+fn position_after(text: &str, name: &str) -> Option<(usize, usize)> {
+    let mut rest = text;
+    while let Some(i) = rest.find(name) {
+        let after = &rest[i + name.len()..];
+        if let Some(after) = after.strip_prefix(':') {
+            let line: String = after.chars().take_while(char::is_ascii_digit).collect();
+            let after_line = &after[line.len()..];
+            if !line.is_empty() {
+                if let Some(after_colon) = after_line.strip_prefix(':') {
+                    let col: String = after_colon.chars().take_while(char::is_ascii_digit).collect();
+                    if !col.is_empty() {
+                        return Some((line.parse().ok()?, col.parse().ok()?));
+                    }
+                }
+            }
+        }
+        rest = &rest[i + name.len()..];
+    }
+    None
+}
+
+/// 1-based line numbers of every `[[routes]]` header in `toml`, plus the line count.
+fn route_blocks(toml: &str) -> Vec<(usize, usize)> {
+    let lines: Vec<&str> = toml.lines().collect();
+    let starts: Vec<usize> =
+        lines.iter().enumerate().filter(|(_, l)| l.trim() == "[[routes]]").map(|(i, _)| i + 1).collect();
+    let mut blocks = Vec::new();
+    for (n, &s) in starts.iter().enumerate() {
+        let end = starts.get(n + 1).map_or(lines.len(), |next| next - 1);
+        blocks.push((s, end));
+    }
+    blocks
+}
+
+struct BookUser {
+    key: TestKey,
+    _jwks: JwksServer,
+    books: Upstream,
+    users: Upstream,
+    gw: Gateway,
+}
+
+async fn book_user_gateway() -> BookUser {
+    let key = TestKey::generate(Algorithm::RS256, "paths-k1");
+    let jwks = JwksServer::start(vec![key.jwk()]).await;
+    let books = Upstream::start("books").await;
+    let users = Upstream::start("users").await;
+    let toml = format!(
+        r#"{base}
+[upstreams.books]
+url = "{books}"
+
+[upstreams.users]
+url = "{users}"
+
+[[routes]]
+path = "/book"
+methods = ["GET"]
+scopes = ["API/book.get"]
+upstream = "books"
+
+[[routes]]
+path = "/user"
+methods = ["GET"]
+scopes = ["API/user.get"]
+upstream = "users"
+"#,
+        base = base_toml(ISS, &jwks.url, &["RS256"]),
+        books = books.url,
+        users = users.url,
+    );
+    let gw = Gateway::start(&toml).await;
+    BookUser { key, _jwks: jwks, books, users, gw }
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Expect {
+    /// 200 from the route's upstream (books, files), which received exactly this request-target.
+    Forwarded(&'static str),
+    /// 400 {"message":"Bad Request"}
+    BadRequest,
+    /// 404 {"message":"Not Found"}
+    NotFound,
+    /// 401 because the path normalized to /user and the token lacks API/user.get.
+    UserScope,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn path_confusion_table_never_reaches_unauthorized_route() {
+    bounded(async {
+        let env = book_user_gateway().await;
+        let token = env.key.sign(&claims(ISS, "book-client", "API/book.get"));
+
+        use Expect::*;
+        let rows: &[(&str, Expect)] = &[
+            // baseline
+            ("/book", Forwarded("/book")),
+            // dot segments, plain and percent-encoded (unreserved '.' is decoded first)
+            ("/book/../user", UserScope),
+            ("/book/%2e%2e/user", UserScope),
+            ("/book/%2E%2E/user", UserScope),
+            ("/book/.%2e/user", UserScope),
+            ("/book/%2e./user", UserScope),
+            ("/user/../book", Forwarded("/book")),
+            ("/user/%2e%2e/book", Forwarded("/book")),
+            ("/./book", Forwarded("/book")),
+            ("/%2e/book", Forwarded("/book")),
+            ("/book/.", NotFound),
+            ("/book/./", NotFound),
+            ("/book/x/..", NotFound),
+            ("/book/%2e", NotFound),
+            ("/book/..", NotFound),
+            // decoded unreserved characters
+            ("/%62ook", Forwarded("/book")),
+            ("/bo%6Fk", Forwarded("/book")),
+            ("/%62%6F%6f%6b", Forwarded("/book")),
+            ("/%75ser", UserScope),
+            // encoded slash / backslash, raw backslash
+            ("/book%2F..%2Fuser", BadRequest),
+            ("/book%2f..%2fuser", BadRequest),
+            ("/book%2fx", BadRequest),
+            ("/book%2F", BadRequest),
+            ("/%2Fuser", BadRequest),
+            ("/book%5C..%5Cuser", BadRequest),
+            ("/book%5c..%5cuser", BadRequest),
+            ("/book\\..\\user", BadRequest),
+            ("/book\\", BadRequest),
+            // repeated slashes are merged
+            ("//book", Forwarded("/book")),
+            ("///book", Forwarded("/book")),
+            ("/book//", NotFound),
+            ("//user", UserScope),
+            // NUL
+            ("/%00", BadRequest),
+            ("/book%00", BadRequest),
+            ("/book/%00/..", BadRequest),
+            // climbing above the root
+            ("/..", BadRequest),
+            ("/../book", BadRequest),
+            ("/../user", BadRequest),
+            ("/%2e%2e/book", BadRequest),
+            ("/%2E%2E/book", BadRequest),
+            ("/book/../../user", BadRequest),
+            ("/x/../../book", BadRequest),
+            // absolute-form request targets
+            ("http://x/book/../user", UserScope),
+            ("http://x/user", UserScope),
+            ("http://x/book", Forwarded("/book")),
+            ("http://x/%62ook", Forwarded("/book")),
+            // the query is not part of the path and is passed untouched
+            ("/book?x=/../user", Forwarded("/book?x=/../user")),
+            ("/book?x=%2e%2e", Forwarded("/book?x=%2e%2e")),
+            ("/%62ook?q=%62", Forwarded("/book?q=%62")),
+            // matrix parameters, case, trailing slash, reserved characters stay encoded
+            ("/user;/book", NotFound),
+            ("/book;/user", NotFound),
+            ("/USER", NotFound),
+            ("/Book", NotFound),
+            ("/book/", NotFound),
+            ("/book%20", NotFound),
+            ("/book%3F", NotFound),
+            ("/book%252e%252e/user", NotFound),
+            ("/%2e%2e%2fuser", BadRequest),
+            ("/book/..;/user", NotFound),
+            ("/", NotFound),
+        ];
+
+        let mut failures = Vec::new();
+        for &(target, expect) in rows {
+            let before_books = env.books.count();
+            let resp = raw(env.gw.addr, &raw_request(target, &token)).await;
+            let after_books = env.books.count();
+            let mut problems = Vec::new();
+            match expect {
+                Forwarded(upstream_target) => {
+                    if resp.status != 200 {
+                        problems.push(format!("status {} (body {:?}), want 200", resp.status, resp.body));
+                    } else {
+                        match serde_json::from_str::<serde_json::Value>(&resp.body) {
+                            Ok(v) => {
+                                if v["upstream"] != "books" || v["target"] != upstream_target {
+                                    problems.push(format!("body {v}, want books with target {upstream_target:?}"));
+                                }
+                            }
+                            Err(e) => problems.push(format!("body {:?} is not JSON: {e}", resp.body)),
+                        }
+                    }
+                    if after_books != before_books + 1 {
+                        problems.push(format!("books got {} requests, want 1", after_books - before_books));
+                    } else {
+                        let got = env.books.last().expect("books request recorded").target;
+                        if got != upstream_target {
+                            problems.push(format!("books received target {got:?}, want {upstream_target:?}"));
+                        }
+                    }
+                }
+                BadRequest | NotFound | UserScope => {
+                    let (status, body) = match expect {
+                        BadRequest => (400, BAD_REQUEST),
+                        NotFound => (404, NOT_FOUND),
+                        _ => (401, UNAUTHORIZED),
+                    };
+                    if resp.status != status || resp.body != body {
+                        problems.push(format!("got {} {:?}, want {status} {body}", resp.status, resp.body));
+                    }
+                    if matches!(expect, UserScope)
+                        && resp.header("www-authenticate") != Some(r#"Bearer error="insufficient_scope""#)
+                    {
+                        problems.push(format!(
+                            "www-authenticate {:?}, want insufficient_scope (route /user must have matched)",
+                            resp.header("www-authenticate")
+                        ));
+                    }
+                    if resp.status != 200 && after_books != before_books {
+                        problems.push("books upstream was called".to_string());
+                    }
+                }
+            }
+            if env.users.count() != 0 {
+                problems.push(format!("users upstream reached ({} requests so far)", env.users.count()));
+            }
+            if !problems.is_empty() {
+                failures.push(format!("{target:?} [{expect:?}]: {}", problems.join("; ")));
+            }
+        }
+
+        assert_eq!(
+            env.users.count(),
+            0,
+            "a book-only token reached the users upstream: {:?}",
+            env.users.requests().iter().map(|r| r.target.clone()).collect::<Vec<_>>()
+        );
+        assert!(failures.is_empty(), "path table failures:\n{}", failures.join("\n"));
+
+        // Sanity: the users route is reachable with the right scope, so the zero count above
+        // is meaningful.
+        let user_token = env.key.sign(&claims(ISS, "user-client", "API/user.get"));
+        let resp = raw(env.gw.addr, &raw_request("/user", &user_token)).await;
+        assert_eq!(resp.status, 200, "body {:?}", resp.body);
+        assert_eq!(env.users.count(), 1);
+        assert_eq!(env.users.last().unwrap().target, "/user");
+
+        env.gw.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_path_is_404_and_known_path_wrong_method_is_405() {
+    bounded(async {
+        let env = book_user_gateway().await;
+        let token = env.key.sign(&claims(ISS, "c", "API/book.get API/user.get"));
+
+        // Unknown path, with and without a token: 404, no auth needed to learn that.
+        for tok in [None, Some(token.as_str())] {
+            let resp = get(&env.gw, "/nope", tok).await;
+            assert_eq!(resp.status, 404);
+            assert_eq!(resp.body, NOT_FOUND);
+            assert!(
+                resp.header("content-type").unwrap_or("").starts_with("application/json"),
+                "content-type {:?}",
+                resp.header("content-type")
+            );
+        }
+        let resp = get(&env.gw, "/books", Some(&token)).await;
+        assert_eq!((resp.status, resp.body.as_str()), (404, NOT_FOUND));
+        let resp = get(&env.gw, "/book/1", Some(&token)).await;
+        assert_eq!((resp.status, resp.body.as_str()), (404, NOT_FOUND));
+
+        // Known path, method not routed: 405 with allow, before authentication.
+        for (method, tok) in [("POST", None), ("DELETE", Some(token.as_str())), ("PUT", None)] {
+            let auth = tok.map(|t| format!("Bearer {t}"));
+            let headers: Vec<(&str, &str)> = auth.as_deref().map(|a| vec![("authorization", a)]).unwrap_or_default();
+            let resp = send(&env.gw, method, "/book", &headers, "").await;
+            assert_eq!(resp.status, 405, "{method} /book: body {:?}", resp.body);
+            assert_eq!(resp.body, METHOD_NOT_ALLOWED);
+            let allow = resp.header("allow").expect("405 without allow header");
+            let methods: Vec<String> = allow.split(',').map(|m| m.trim().to_ascii_uppercase()).collect();
+            assert!(methods.iter().any(|m| m == "GET"), "allow {allow:?}");
+            assert!(!methods.iter().any(|m| m == method), "allow {allow:?} lists {method}");
+        }
+        assert_eq!(env.books.count(), 0);
+        assert_eq!(env.users.count(), 0);
+        env.gw.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn allow_header_lists_all_methods_of_the_path() {
+    bounded(async {
+        let key = TestKey::generate(Algorithm::RS256, "paths-k2");
+        let jwks = JwksServer::start(vec![key.jwk()]).await;
+        let mut toml = base_toml(ISS, &jwks.url, &["RS256"]);
+        toml.push_str(&mock_route("/multi", r#"["GET", "POST"]"#, "multi"));
+        toml.push_str(&mock_route("/split", r#"["GET"]"#, "split-get"));
+        toml.push_str(&mock_route("/split", r#"["PUT"]"#, "split-put"));
+        let gw = Gateway::start(&toml).await;
+
+        for (path, want) in [("/multi", vec!["GET", "POST"]), ("/split", vec!["GET", "PUT"])] {
+            let resp = send(&gw, "DELETE", path, &[], "").await;
+            assert_eq!(resp.status, 405, "DELETE {path}: {:?}", resp.body);
+            assert_eq!(resp.body, METHOD_NOT_ALLOWED);
+            let allow = resp.header("allow").expect("allow header");
+            let got: Vec<String> = allow.split(',').map(|m| m.trim().to_ascii_uppercase()).collect();
+            for m in &want {
+                assert!(got.iter().any(|g| g == m), "{path}: allow {allow:?} lacks {m}");
+            }
+            assert!(!got.iter().any(|g| g == "DELETE"), "{path}: allow {allow:?}");
+        }
+        let resp = send(&gw, "POST", "/multi", &[], "").await;
+        assert_eq!((resp.status, resp.body.as_str()), (200, "multi"));
+        let resp = send(&gw, "PUT", "/split", &[], "").await;
+        assert_eq!((resp.status, resp.body.as_str()), (200, "split-put"));
+        let resp = send(&gw, "GET", "/split", &[], "").await;
+        assert_eq!((resp.status, resp.body.as_str()), (200, "split-get"));
+        gw.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn literal_beats_param_beats_proxy_and_explicit_method_beats_any() {
+    bounded(async {
+        let key = TestKey::generate(Algorithm::RS256, "paths-k3");
+        let jwks = JwksServer::start(vec![key.jwk()]).await;
+        let mut toml = base_toml(ISS, &jwks.url, &["RS256"]);
+        // Declared least specific first, so file order cannot be what decides.
+        toml.push_str(&mock_route("/a/{rest+}", r#"["GET"]"#, "proxy"));
+        toml.push_str(&mock_route("/a/{x}", r#"["GET"]"#, "param"));
+        toml.push_str(&mock_route("/a/b", r#"["GET"]"#, "literal"));
+        toml.push_str(&mock_route("/p/{rest+}", r#"["ANY"]"#, "p-proxy"));
+        toml.push_str(&mock_route("/m", r#"["ANY"]"#, "m-any"));
+        toml.push_str(&mock_route("/m", r#"["GET"]"#, "m-get"));
+        toml.push_str(&mock_route("/n/{id}", r#"["ANY"]"#, "n-any"));
+        toml.push_str(&mock_route("/n/{id}", r#"["POST"]"#, "n-post"));
+        toml.push_str(&mock_route("/", r#"["GET"]"#, "root"));
+        let gw = Gateway::start(&toml).await;
+
+        let cases: &[(&str, &str, u16, &str)] = &[
+            ("GET", "/a/b", 200, "literal"),
+            ("GET", "/a/c", 200, "param"),
+            ("GET", "/a/%62", 200, "literal"),
+            ("GET", "/a/b/c", 200, "proxy"),
+            ("GET", "/a/x/y/z", 200, "proxy"),
+            ("GET", "/a", 404, NOT_FOUND),
+            // {proxy+} matches one or more segments, never zero
+            ("GET", "/p", 404, NOT_FOUND),
+            ("GET", "/p/x", 200, "p-proxy"),
+            ("DELETE", "/p/x/y/z", 200, "p-proxy"),
+            // explicit method beats ANY
+            ("GET", "/m", 200, "m-get"),
+            ("POST", "/m", 200, "m-any"),
+            ("DELETE", "/m", 200, "m-any"),
+            ("POST", "/n/7", 200, "n-post"),
+            ("GET", "/n/7", 200, "n-any"),
+            ("PATCH", "/n/7", 200, "n-any"),
+            // "/" matches only "/"
+            ("GET", "/", 200, "root"),
+            ("GET", "/zzz", 404, NOT_FOUND),
+        ];
+        let mut failures = Vec::new();
+        for &(method, path, status, body) in cases {
+            let resp = send(&gw, method, path, &[], "").await;
+            if resp.status != status || resp.body != body {
+                failures.push(format!("{method} {path}: got {} {:?}, want {status} {body:?}", resp.status, resp.body));
+            }
+        }
+        assert!(failures.is_empty(), "{}", failures.join("\n"));
+        gw.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overlapping_routes_with_equal_specificity_are_rejected_at_load() {
+    bounded(async {
+        let key = TestKey::generate(Algorithm::RS256, "paths-k4");
+        let jwks = JwksServer::start(vec![key.jwk()]).await;
+        let base = base_toml(ISS, &jwks.url, &["RS256"]);
+
+        let conflicts: &[(&str, [(&str, &str); 2])] = &[
+            ("same shape, same method", [("/a/{x}", r#"["GET"]"#), ("/a/{y}", r#"["GET"]"#)]),
+            ("two ANY", [("/z", r#"["ANY"]"#), ("/z", r#"["ANY"]"#)]),
+            ("same literal, same method", [("/lit", r#"["GET"]"#), ("/lit", r#"["GET", "POST"]"#)]),
+            ("overlapping method sets", [("/q/{x}", r#"["GET", "POST"]"#), ("/q/{y}", r#"["POST"]"#)]),
+            ("two proxies", [("/r/{a+}", r#"["ANY"]"#), ("/r/{b+}", r#"["ANY"]"#)]),
+        ];
+        for (what, routes) in conflicts {
+            let mut toml = base.clone();
+            toml.push_str(&mock_route("/unrelated", r#"["GET"]"#, "u"));
+            for (path, methods) in routes {
+                toml.push_str(&mock_route(path, methods, "c"));
+            }
+            let err = match Gateway::try_start(&toml).await {
+                Ok(gw) => {
+                    gw.stop().await;
+                    panic!("{what}: overlapping routes were accepted:\n{toml}");
+                }
+                Err(e) => e,
+            };
+            let (line, col) = position_after(&err, "gateway.toml")
+                .unwrap_or_else(|| panic!("{what}: error has no gateway.toml:LINE:COL: {err}"));
+            assert!(col >= 1, "{what}: column {col} in {err}");
+            // The position must point into one of the two conflicting route blocks
+            // (the last two [[routes]] tables of the file).
+            let blocks = route_blocks(&toml);
+            let conflicting = &blocks[blocks.len() - 2..];
+            assert!(
+                conflicting.iter().any(|&(s, e)| (s..=e).contains(&line)),
+                "{what}: line {line} is outside the conflicting routes {conflicting:?}: {err}\n{toml}"
+            );
+        }
+
+        // Same shape with disjoint methods is fine, and each method reaches its route.
+        let mut toml = base.clone();
+        toml.push_str(&mock_route("/a/{x}", r#"["GET"]"#, "get-x"));
+        toml.push_str(&mock_route("/a/{y}", r#"["POST"]"#, "post-y"));
+        toml.push_str(&mock_route("/a/{z}", r#"["ANY"]"#, "any-z"));
+        let gw = match Gateway::try_start(&toml).await {
+            Ok(gw) => gw,
+            Err(e) => panic!("disjoint methods rejected: {e}\n{toml}"),
+        };
+        for (method, body) in [("GET", "get-x"), ("POST", "post-y"), ("PUT", "any-z")] {
+            let resp = send(&gw, method, "/a/1", &[], "").await;
+            assert_eq!((resp.status, resp.body.as_str()), (200, body), "{method} /a/1");
+        }
+        gw.stop().await;
+    })
+    .await;
+}
+
+/// Sends GET `path` over one HTTP/2 prior-knowledge connection; returns (status, body, www-authenticate).
+async fn h2_get(
+    sender: &mut hyper::client::conn::http2::SendRequest<http_body_util::Empty<bytes::Bytes>>,
+    addr: std::net::SocketAddr,
+    path: &str,
+    token: &str,
+) -> (u16, String, Option<String>) {
+    use http_body_util::BodyExt;
+    let req = hyper::Request::get(format!("http://{addr}{path}"))
+        .header("authorization", format!("Bearer {token}"))
+        .body(http_body_util::Empty::new())
+        .unwrap_or_else(|e| panic!("cannot build h2 request for {path:?}: {e}"));
+    let resp = sender.send_request(req).await.unwrap_or_else(|e| panic!("h2 GET {path}: {e}"));
+    let status = resp.status().as_u16();
+    let www = resp.headers().get("www-authenticate").and_then(|v| v.to_str().ok()).map(str::to_string);
+    let body = resp.into_body().collect().await.expect("h2 body").to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned(), www)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn path_normalization_applies_to_http2_too() {
+    bounded(async {
+        let env = book_user_gateway().await;
+        let token = env.key.sign(&claims(ISS, "book-client", "API/book.get"));
+        let tcp = tokio::net::TcpStream::connect(env.gw.addr).await.unwrap();
+        let (mut sender, conn) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(tcp),
+        )
+        .await
+        .expect("h2 handshake");
+        let conn_task = tokio::spawn(conn);
+
+        use Expect::*;
+        let rows: &[(&str, Expect)] = &[
+            ("/book", Forwarded("/book")),
+            ("/book/../user", UserScope),
+            ("/book/%2e%2e/user", UserScope),
+            ("/%62ook", Forwarded("/book")),
+            ("//book", Forwarded("/book")),
+            ("/book%2Fx", BadRequest),
+            ("/book%5C..%5Cuser", BadRequest),
+            ("/book%00", BadRequest),
+            ("/../book", BadRequest),
+            ("/book/", NotFound),
+            ("/book?x=/../user", Forwarded("/book?x=/../user")),
+        ];
+        let mut failures = Vec::new();
+        for &(path, expect) in rows {
+            let before = env.books.count();
+            let (status, body, www) = h2_get(&mut sender, env.gw.addr, path, &token).await;
+            let forwarded = env.books.count() - before;
+            let ok = match expect {
+                Forwarded(t) => status == 200 && forwarded == 1 && env.books.last().is_some_and(|r| r.target == t),
+                BadRequest => status == 400 && body == BAD_REQUEST && forwarded == 0,
+                NotFound => status == 404 && body == NOT_FOUND && forwarded == 0,
+                UserScope => {
+                    status == 401
+                        && body == UNAUTHORIZED
+                        && www.as_deref() == Some(r#"Bearer error="insufficient_scope""#)
+                }
+            };
+            if !ok {
+                failures.push(format!(
+                    "h2 {path:?} [{expect:?}]: got {status} {body:?} (books last target {:?})",
+                    env.books.last().map(|r| r.target)
+                ));
+            }
+        }
+        assert_eq!(env.users.count(), 0, "book-only token reached users over h2");
+        assert!(failures.is_empty(), "{}", failures.join("\n"));
+        drop(sender);
+        let _ = tokio::time::timeout(Duration::from_secs(5), conn_task).await;
+        env.gw.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_route_forwards_exactly_the_normalized_path() {
+    bounded(async {
+        let key = TestKey::generate(Algorithm::RS256, "paths-k5");
+        let jwks = JwksServer::start(vec![key.jwk()]).await;
+        let files = Upstream::start("files").await;
+        let admin = Upstream::start("admin").await;
+        let toml = format!(
+            r#"{base}
+[upstreams.files]
+url = "{files}"
+
+[upstreams.admin]
+url = "{admin}"
+
+[[routes]]
+path = "/files/{{path+}}"
+scopes = ["API/files"]
+upstream = "files"
+
+[[routes]]
+path = "/files/admin/{{rest+}}"
+scopes = ["API/admin"]
+upstream = "admin"
+"#,
+            base = base_toml(ISS, &jwks.url, &["RS256"]),
+            files = files.url,
+            admin = admin.url,
+        );
+        let gw = Gateway::start(&toml).await;
+        let token = key.sign(&claims(ISS, "files-client", "API/files"));
+
+        use Expect::*;
+        let rows: &[(&str, Expect)] = &[
+            ("/files/a/b/c", Forwarded("/files/a/b/c")),
+            ("/files/%7Euser/x", Forwarded("/files/~user/x")),
+            ("/files/a%20b", Forwarded("/files/a%20b")),
+            ("/files/a/./b/../c", Forwarded("/files/a/c")),
+            ("/files//a///b", Forwarded("/files/a/b")),
+            ("/files/x/../a?q=../admin", Forwarded("/files/a?q=../admin")),
+            ("/files/a%2fb", BadRequest),
+            ("/files/%2e%2e/%2e%2e/x", BadRequest),
+            // reaching the more specific admin route needs its scope, however it is spelled
+            ("/files/admin/x", UserScope),
+            ("/files/x/../admin/x", UserScope),
+            ("/files/%61dmin/x", UserScope),
+            ("/files//admin/x", UserScope),
+            ("/files/./admin/x", UserScope),
+            ("/files/admin/../../files/admin/y", UserScope),
+        ];
+        let mut failures = Vec::new();
+        for &(target, expect) in rows {
+            let before = files.count();
+            let resp = raw(gw.addr, &raw_request(target, &token)).await;
+            let forwarded = files.count() - before;
+            let ok = match expect {
+                Forwarded(t) => resp.status == 200 && forwarded == 1 && files.last().is_some_and(|r| r.target == t),
+                BadRequest => resp.status == 400 && resp.body == BAD_REQUEST && forwarded == 0,
+                NotFound => resp.status == 404 && resp.body == NOT_FOUND && forwarded == 0,
+                UserScope => {
+                    resp.status == 401
+                        && resp.body == UNAUTHORIZED
+                        && resp.header("www-authenticate") == Some(r#"Bearer error="insufficient_scope""#)
+                        && forwarded == 0
+                }
+            };
+            if !ok {
+                failures.push(format!(
+                    "{target:?} [{expect:?}]: got {} {:?}; files got {forwarded} request(s), last target {:?}",
+                    resp.status,
+                    resp.body,
+                    files.last().map(|r| r.target)
+                ));
+            }
+        }
+        assert_eq!(admin.count(), 0, "files-only token reached the admin upstream");
+        assert!(failures.is_empty(), "{}", failures.join("\n"));
+        gw.stop().await;
+    })
+    .await;
+}
