@@ -70,6 +70,8 @@ pub struct Server {
     shared: Arc<Shared>,
     runtime: Arc<Runtime>,
     shutdown: watch::Sender<bool>,
+    /// Stops the admin listener, after the data plane drained: `/readyz` says 503 meanwhile.
+    admin_stop: watch::Sender<bool>,
     data: JoinHandle<()>,
     side_tasks: Vec<JoinHandle<()>>,
 }
@@ -101,17 +103,18 @@ impl Server {
             None => None,
         };
         let (shutdown, rx) = watch::channel(false);
+        let (admin_stop, admin_rx) = watch::channel(false);
         let mut side_tasks = Vec::new();
         // The admin listener answers while keys load: /readyz says 503 until they are there.
         if let Some(l) = admin {
-            side_tasks.push(tokio::spawn(admin::serve(l, Arc::clone(&shared), rx.clone())));
+            side_tasks.push(tokio::spawn(admin::serve(l, Arc::clone(&shared), admin_rx)));
         }
         futures_util::future::join_all(first_keys.iter().map(|i| i.first_attempt(FIRST_KEYS_WAIT))).await;
         drop(first_keys);
         side_tasks.push(tokio::spawn(reload::watch(Arc::clone(&shared), Arc::clone(&runtime), rx.clone())));
         let data = tokio::spawn(listener::serve(listener, Arc::clone(&shared), rx));
         tracing::info!(%addr, admin = ?admin_addr, config = %path.display(), "scopegate listening");
-        Ok(Server { addr, admin_addr, shared, runtime, shutdown, data, side_tasks })
+        Ok(Server { addr, admin_addr, shared, runtime, shutdown, admin_stop, data, side_tasks })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -142,6 +145,7 @@ impl Server {
         self.shared.start_draining();
         let _ = self.shutdown.send(true);
         let _ = self.data.await;
+        let _ = self.admin_stop.send(true);
         for t in self.side_tasks {
             let _ = t.await;
         }
