@@ -10,10 +10,12 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
+use aws_lc_rs::signature::{ParsedPublicKey, VerificationAlgorithm};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Limited};
-use jsonwebtoken::jwk::Jwk;
-use jsonwebtoken::{Algorithm, DecodingKey};
+use jsonwebtoken::Algorithm;
 use serde::Deserialize;
 use tokio::sync::{watch, Notify};
 
@@ -41,10 +43,105 @@ impl std::fmt::Display for JwksError {
     }
 }
 
-/// One verification key and the algorithms it may be used with (a subset of the allow-list).
+/// One verification key, parsed once per key-set load for each algorithm it may be used with
+/// (a subset of the allow-list), so a cache miss pays for the signature check only.
 pub struct KeyEntry {
-    pub key: DecodingKey,
-    pub algorithms: Vec<Algorithm>,
+    verifiers: Vec<(Algorithm, ParsedPublicKey)>,
+}
+
+impl KeyEntry {
+    pub fn allows(&self, alg: Algorithm) -> bool {
+        self.verifiers.iter().any(|(a, _)| *a == alg)
+    }
+
+    pub fn algorithms(&self) -> impl Iterator<Item = Algorithm> + '_ {
+        self.verifiers.iter().map(|(a, _)| *a)
+    }
+
+    /// Checks a JWS signature (base64url, as in the token) over `message` with `alg`.
+    pub fn verify(&self, alg: Algorithm, message: &[u8], signature_b64: &str) -> bool {
+        let Some((_, key)) = self.verifiers.iter().find(|(a, _)| *a == alg) else {
+            return false;
+        };
+        match URL_SAFE_NO_PAD.decode(signature_b64) {
+            Ok(sig) => key.verify_sig(message, &sig).is_ok(),
+            Err(_) => false,
+        }
+    }
+}
+
+fn verification_algorithm(alg: Algorithm) -> Option<&'static dyn VerificationAlgorithm> {
+    use aws_lc_rs::signature as s;
+    Some(match alg {
+        Algorithm::RS256 => &s::RSA_PKCS1_2048_8192_SHA256,
+        Algorithm::RS384 => &s::RSA_PKCS1_2048_8192_SHA384,
+        Algorithm::RS512 => &s::RSA_PKCS1_2048_8192_SHA512,
+        Algorithm::PS256 => &s::RSA_PSS_2048_8192_SHA256,
+        Algorithm::PS384 => &s::RSA_PSS_2048_8192_SHA384,
+        Algorithm::PS512 => &s::RSA_PSS_2048_8192_SHA512,
+        Algorithm::ES256 => &s::ECDSA_P256_SHA256_FIXED,
+        Algorithm::ES384 => &s::ECDSA_P384_SHA384_FIXED,
+        Algorithm::EdDSA => &s::ED25519,
+        Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512 => return None,
+    })
+}
+
+fn b64_field(jwk: &serde_json::Value, name: &str) -> Option<Vec<u8>> {
+    URL_SAFE_NO_PAD.decode(jwk.get(name)?.as_str()?).ok()
+}
+
+/// DER length octets (X.690 §8.1.3).
+fn der_len(out: &mut Vec<u8>, len: usize) {
+    if len < 0x80 {
+        out.push(len as u8);
+    } else {
+        let bytes = len.to_be_bytes();
+        let skip = bytes.iter().take_while(|b| **b == 0).count();
+        out.push(0x80 | (bytes.len() - skip) as u8);
+        out.extend_from_slice(&bytes[skip..]);
+    }
+}
+
+/// A DER INTEGER holding the unsigned big-endian `value`.
+fn der_uint(out: &mut Vec<u8>, value: &[u8]) {
+    let value = &value[value.iter().take_while(|b| **b == 0).count()..];
+    let pad = value.first().is_none_or(|b| b & 0x80 != 0);
+    out.push(0x02);
+    der_len(out, value.len() + usize::from(pad));
+    if pad {
+        out.push(0);
+    }
+    out.extend_from_slice(value);
+}
+
+/// The public key bytes aws-lc-rs parses: RFC 8017 `RSAPublicKey` DER for RSA, the
+/// uncompressed SEC1 point for EC, the raw 32 bytes for Ed25519.
+fn public_key_bytes(jwk: &serde_json::Value, family: &[Algorithm]) -> Option<Vec<u8>> {
+    match family.first()? {
+        Algorithm::ES256 | Algorithm::ES384 => {
+            let size = if family.first() == Some(&Algorithm::ES256) { 32 } else { 48 };
+            let (x, y) = (b64_field(jwk, "x")?, b64_field(jwk, "y")?);
+            if x.len() != size || y.len() != size {
+                return None;
+            }
+            let mut point = Vec::with_capacity(1 + 2 * size);
+            point.push(4);
+            point.extend_from_slice(&x);
+            point.extend_from_slice(&y);
+            Some(point)
+        }
+        Algorithm::EdDSA => b64_field(jwk, "x").filter(|x| x.len() == 32),
+        _ => {
+            let (n, e) = (b64_field(jwk, "n")?, b64_field(jwk, "e")?);
+            let mut body = Vec::with_capacity(n.len() + e.len() + 16);
+            der_uint(&mut body, &n);
+            der_uint(&mut body, &e);
+            let mut der = vec![0x30];
+            der_len(&mut der, body.len());
+            der.extend_from_slice(&body);
+            Some(der)
+        }
+    }
 }
 
 /// A parsed key set.
@@ -111,12 +208,15 @@ impl KeySet {
             }
             None => family.iter().copied().filter(|a| allowed.contains(a)).collect(),
         };
-        if algorithms.is_empty() {
+        let bytes = public_key_bytes(value, family)?;
+        let verifiers: Vec<(Algorithm, ParsedPublicKey)> = algorithms
+            .into_iter()
+            .filter_map(|alg| Some((alg, ParsedPublicKey::new(verification_algorithm(alg)?, &bytes).ok()?)))
+            .collect();
+        if verifiers.is_empty() {
             return None;
         }
-        let jwk: Jwk = serde_json::from_value(value.clone()).ok()?;
-        let key = DecodingKey::from_jwk(&jwk).ok()?;
-        Some(Arc::new(KeyEntry { key, algorithms }))
+        Some(Arc::new(KeyEntry { verifiers }))
     }
 
     pub fn len(&self) -> usize {
@@ -129,11 +229,6 @@ impl KeySet {
 
     pub fn get(&self, kid: &str) -> Option<&Arc<KeyEntry>> {
         self.by_kid.get(kid)
-    }
-
-    /// Keys published without a `kid`, tried in turn for tokens that carry none.
-    pub fn without_kid(&self) -> &[Arc<KeyEntry>] {
-        &self.without_kid
     }
 
     /// Every key, for tokens without a `kid`.
@@ -358,10 +453,10 @@ mod tests {
         );
         let rs_only = KeySet::parse(doc.as_bytes(), &[Algorithm::RS256]).unwrap();
         assert_eq!(rs_only.len(), 1);
-        assert_eq!(rs_only.get("r1").unwrap().algorithms, vec![Algorithm::RS256]);
+        assert_eq!(rs_only.get("r1").unwrap().algorithms().collect::<Vec<_>>(), vec![Algorithm::RS256]);
         let both = KeySet::parse(doc.as_bytes(), &[Algorithm::RS256, Algorithm::PS256, Algorithm::ES256]).unwrap();
         assert_eq!(both.len(), 2);
-        assert_eq!(both.get("r1").unwrap().algorithms, vec![Algorithm::RS256, Algorithm::PS256]);
+        assert_eq!(both.get("r1").unwrap().algorithms().collect::<Vec<_>>(), vec![Algorithm::RS256, Algorithm::PS256]);
         assert!(both.get("h").is_none() && both.get("enc").is_none());
     }
 

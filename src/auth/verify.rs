@@ -242,12 +242,13 @@ enum Lookup {
 }
 
 fn check(entry: &Arc<KeyEntry>, alg: Algorithm, message: &[u8], sig: &str) -> Lookup {
-    if !entry.algorithms.contains(&alg) {
+    if !entry.allows(alg) {
         return Lookup::Failed(AuthFailure::DisallowedAlg);
     }
-    match jsonwebtoken::crypto::verify(sig, message, &entry.key, alg) {
-        Ok(true) => Lookup::Verified(Arc::clone(entry)),
-        Ok(false) | Err(_) => Lookup::Failed(AuthFailure::BadSignature),
+    if entry.verify(alg, message, sig) {
+        Lookup::Verified(Arc::clone(entry))
+    } else {
+        Lookup::Failed(AuthFailure::BadSignature)
     }
 }
 
@@ -260,7 +261,7 @@ fn find_key(keys: &KeySet, kid: Option<&str>, alg: Algorithm, message: &[u8], si
         // No kid: try the keys that allow this algorithm (sets are small).
         None => {
             let mut tried = false;
-            for entry in keys.all().filter(|e| e.algorithms.contains(&alg)) {
+            for entry in keys.all().filter(|e| e.allows(alg)) {
                 tried = true;
                 if let Lookup::Verified(e) = check(entry, alg, message, sig) {
                     return Lookup::Verified(e);
