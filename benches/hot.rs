@@ -174,7 +174,7 @@ fn pipeline(c: &mut Criterion) {
     });
     assert!(snap.ready(), "jwks_file keys loaded");
     let token = key.sign(&claims(ISS, "client", "API/book.get"));
-    let conn = ConnInfo { remote: "127.0.0.1:50000".parse().expect("addr"), tls: false };
+    let conn = ConnInfo::new("127.0.0.1:50000".parse().expect("addr"), false);
     let request_id = HeaderValue::from_static("bench-request-id");
     let template = Request::get("/book/42?fields=title")
         .header("host", "api.example.com")

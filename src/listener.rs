@@ -116,7 +116,7 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, mut shutdown: wat
                         return;
                     }
                 };
-                let info = Arc::new(ConnInfo { remote, tls: true });
+                let info = Arc::new(ConnInfo::new(remote, true));
                 let service = service_fn(move |req| proxy::handle(Arc::clone(&shared_c), Arc::clone(&info), req));
                 let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
                 if let Err(e) = watcher.watch(conn.into_owned()).await {
@@ -125,7 +125,7 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, mut shutdown: wat
                 drop(permit);
             });
         } else {
-            let info = Arc::new(ConnInfo { remote, tls: false });
+            let info = Arc::new(ConnInfo::new(remote, false));
             let service = service_fn(move |req| proxy::handle(Arc::clone(&shared_c), Arc::clone(&info), req));
             let conn =
                 graceful.watch(builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned());

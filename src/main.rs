@@ -121,7 +121,16 @@ fn main() -> ExitCode {
                 }
             };
             init_logging(format);
-            let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+            // With one CPU to run on (a pinned sidecar, a 1-CPU container limit) a multi-thread
+            // scheduler only adds cross-thread wake-ups; the current-thread one does the same
+            // work with less.
+            let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+            let built = if cpus == 1 {
+                tokio::runtime::Builder::new_current_thread().enable_all().build()
+            } else {
+                tokio::runtime::Builder::new_multi_thread().enable_all().build()
+            };
+            let rt = match built {
                 Ok(rt) => rt,
                 Err(e) => {
                     eprintln!("cannot start the runtime: {e}");

@@ -67,6 +67,16 @@ impl Shared {
 pub struct ConnInfo {
     pub remote: SocketAddr,
     pub tls: bool,
+    /// The client address as an `x-forwarded-for` value, formatted once per connection.
+    pub remote_ip: HeaderValue,
+}
+
+impl ConnInfo {
+    pub fn new(remote: SocketAddr, tls: bool) -> ConnInfo {
+        let remote_ip =
+            HeaderValue::from_str(&remote.ip().to_string()).unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+        ConnInfo { remote, tls, remote_ip }
+    }
 }
 
 /// What one access-log line says, filled in as the pipeline goes.
@@ -209,7 +219,7 @@ pub async fn decide<'s>(
         Action::Upstream(i) => &*snap.upstreams[*i],
     };
     access.upstream = &upstream.config.name;
-    let uri = upstream.uri(&path, parts.uri.query())?;
+    let uri = upstream.uri(&parts.uri, &path)?;
     let forwarded_host = parts
         .uri
         .authority()
@@ -257,14 +267,13 @@ fn rewrite_headers(
     if !auth.forward_token {
         h.remove(&auth.header);
     }
-    let ip = conn.remote.ip();
     let xff = match h.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prev) if !prev.trim().is_empty() => HeaderValue::from_str(&format!("{prev}, {ip}")),
-        _ => HeaderValue::from_str(&ip.to_string()),
+        Some(prev) if !prev.trim().is_empty() => {
+            HeaderValue::from_str(&format!("{prev}, {}", conn.remote.ip())).unwrap_or_else(|_| conn.remote_ip.clone())
+        }
+        _ => conn.remote_ip.clone(),
     };
-    if let Ok(v) = xff {
-        h.insert(X_FORWARDED_FOR, v);
-    }
+    h.insert(X_FORWARDED_FOR, xff);
     h.insert(X_FORWARDED_PROTO, HeaderValue::from_static(if conn.tls { "https" } else { "http" }));
     match forwarded_host {
         Some(v) => h.insert(X_FORWARDED_HOST, v),

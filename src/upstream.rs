@@ -5,6 +5,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Request, Response, Uri, Version};
 use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
@@ -97,6 +98,8 @@ pub fn https_connector(
 
 pub struct Upstream {
     pub config: UpstreamConfig,
+    scheme: Scheme,
+    authority: Authority,
     client: UpstreamClient,
 }
 
@@ -108,23 +111,37 @@ impl Upstream {
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(Duration::from_secs(90))
             .build(connector);
-        Ok(Upstream { config, client })
+        let base: Uri = config.scheme_authority.parse().map_err(|e| format!("{}: {e}", config.scheme_authority))?;
+        let (Some(scheme), Some(authority)) = (base.scheme().cloned(), base.authority().cloned()) else {
+            return Err(format!("{}: not scheme://authority", config.scheme_authority));
+        };
+        Ok(Upstream { config, scheme, authority, client })
     }
 
-    /// The upstream URI for a normalized path and the request's raw query.
-    pub fn uri(&self, path: &str, query: Option<&str>) -> Result<Uri, Reject> {
-        let c = &self.config;
-        let mut s = String::with_capacity(
-            c.scheme_authority.len() + c.path_prefix.len() + path.len() + query.map_or(0, |q| q.len() + 1),
-        );
-        s.push_str(&c.scheme_authority);
-        s.push_str(&c.path_prefix);
-        s.push_str(path);
-        if let Some(q) = query {
-            s.push('?');
-            s.push_str(q);
-        }
-        Uri::try_from(s).map_err(|_| Reject::BadRequest)
+    /// The upstream URI: the upstream's scheme and authority, its path prefix, the normalized
+    /// path, and the request's raw query.
+    pub fn uri(&self, request: &Uri, normalized: &str) -> Result<Uri, Reject> {
+        let path_and_query = match request.path_and_query() {
+            // Already normal and nothing to prepend: reuse the request's bytes as they are.
+            Some(pq) if self.config.path_prefix.is_empty() && pq.path() == normalized => pq.clone(),
+            _ => {
+                let prefix = &self.config.path_prefix;
+                let query = request.query();
+                let mut s = String::with_capacity(prefix.len() + normalized.len() + query.map_or(0, |q| q.len() + 1));
+                s.push_str(prefix);
+                s.push_str(normalized);
+                if let Some(q) = query {
+                    s.push('?');
+                    s.push_str(q);
+                }
+                PathAndQuery::try_from(s).map_err(|_| Reject::BadRequest)?
+            }
+        };
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = Some(self.scheme.clone());
+        parts.authority = Some(self.authority.clone());
+        parts.path_and_query = Some(path_and_query);
+        Uri::from_parts(parts).map_err(|_| Reject::BadRequest)
     }
 
     /// Sends the prepared request; waits at most `timeout` for the response head.
