@@ -40,6 +40,9 @@ const METHOD_OVERRIDES: [HeaderName; 3] = [
     HeaderName::from_static("x-http-method"),
 ];
 
+/// Idle keep-alive connections kept per upstream.
+pub const MAX_IDLE_PER_UPSTREAM: usize = 128;
+
 pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, Incoming>;
 
 fn native_roots() -> &'static rustls::RootCertStore {
@@ -110,6 +113,9 @@ impl Upstream {
             .timer(TokioTimer::new())
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(Duration::from_secs(90))
+            // Like NGINX's `keepalive N`: a burst may open many upstream connections, only
+            // this many stay open idle afterwards.
+            .pool_max_idle_per_host(MAX_IDLE_PER_UPSTREAM)
             .build(connector);
         let base: Uri = config.scheme_authority.parse().map_err(|e| format!("{}: {e}", config.scheme_authority))?;
         let (Some(scheme), Some(authority)) = (base.scheme().cloned(), base.authority().cloned()) else {
