@@ -75,3 +75,35 @@ async fn a_client_that_never_finishes_its_head_is_cut_off() {
     assert!(exchange(&mut quick).await.starts_with("HTTP/1.1 200"));
     gw.stop().await;
 }
+
+/// SPEC §4: a changed `listen` takes a restart. A reload applies everything else and keeps
+/// serving on the socket bound at start; it never re-binds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_listen_address_is_not_rebound_on_reload() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("gateway.toml");
+    let with = |listen: &str, body: &str| {
+        format!(
+            "[server]\nlisten = \"{listen}\"\n\
+             [[routes]]\npath = \"/ping\"\nauth = \"none\"\nresponse = {{ status = 200, body = '{body}' }}\n"
+        )
+    };
+    std::fs::write(&path, with("127.0.0.1:0", "pong")).expect("write");
+    let server = scopegate::Server::start(&path).await.expect("start");
+    let addr = server.local_addr();
+    let mut conn = TcpStream::connect(addr).await.expect("connect");
+    assert!(exchange(&mut conn).await.ends_with("\r\n\r\npong"));
+
+    // Another port, and a route change: the route applies, the old socket keeps serving.
+    let spare = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let other = spare.local_addr().expect("addr");
+    drop(spare);
+    std::fs::write(&path, with(&other.to_string(), "ping-pong")).expect("rewrite");
+    server.reload().await.expect("a listen change is not a rejected config");
+    assert_eq!(server.local_addr(), addr);
+    assert!(exchange(&mut conn).await.ends_with("ping-pong"), "the open connection sees the new route");
+    let mut fresh = TcpStream::connect(addr).await.expect("the old address still accepts");
+    assert!(exchange(&mut fresh).await.ends_with("ping-pong"));
+    assert!(TcpStream::connect(other).await.is_err(), "the new address was bound without a restart");
+    server.shutdown().await;
+}
