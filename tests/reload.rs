@@ -13,7 +13,6 @@
 mod common;
 use common::*;
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -22,11 +21,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty, Full};
-use hyper::header::{HeaderValue, AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE, HOST};
+use http_body_util::{BodyExt, Empty};
+use hyper::header::{HeaderValue, AUTHORIZATION, CACHE_CONTROL, HOST};
 use hyper_util::rt::TokioIo;
 use serde_json::json;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::task::JoinSet;
 use tokio::time::{sleep, timeout, Instant};
 
@@ -289,49 +288,29 @@ struct CachingJwks {
     url: String,
     hits: Arc<AtomicUsize>,
     delay_ms: Arc<AtomicU64>,
-    task: tokio::task::JoinHandle<()>,
+    _server: ServerTask,
 }
 
 impl CachingJwks {
     async fn start(document: String, cache_control: Option<&'static str>) -> CachingJwks {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1:0");
-        let addr = listener.local_addr().expect("local_addr");
+        let (listener, addr) = bind_local().await;
         let hits = Arc::new(AtomicUsize::new(0));
         let delay_ms = Arc::new(AtomicU64::new(0));
         let document = Bytes::from(document);
         let (counter, delay) = (Arc::clone(&hits), Arc::clone(&delay_ms));
-        let task = tokio::spawn(async move {
-            let mut connections = JoinSet::new();
-            loop {
-                tokio::select! {
-                    accepted = listener.accept() => {
-                        let Ok((stream, _)) = accepted else { continue };
-                        let (hits, delay, document) = (Arc::clone(&counter), Arc::clone(&delay), document.clone());
-                        connections.spawn(async move {
-                            let service = hyper::service::service_fn(move |_req| {
-                                hits.fetch_add(1, Ordering::SeqCst);
-                                let delay = Duration::from_millis(delay.load(Ordering::SeqCst));
-                                let mut resp = hyper::Response::new(Full::new(document.clone()));
-                                let headers = resp.headers_mut();
-                                headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-                                if let Some(cc) = cache_control {
-                                    headers.insert(CACHE_CONTROL, HeaderValue::from_static(cc));
-                                }
-                                async move {
-                                    sleep(delay).await;
-                                    Ok::<_, Infallible>(resp)
-                                }
-                            });
-                            let _ = hyper::server::conn::http1::Builder::new()
-                                .serve_connection(TokioIo::new(stream), service)
-                                .await;
-                        });
-                    }
-                    Some(_) = connections.join_next(), if !connections.is_empty() => {}
-                }
+        let server = spawn_http_server(listener, move |_req| {
+            counter.fetch_add(1, Ordering::SeqCst);
+            let delay = Duration::from_millis(delay.load(Ordering::SeqCst));
+            let mut resp = response(200, "application/json", document.clone());
+            if let Some(cc) = cache_control {
+                resp.headers_mut().insert(CACHE_CONTROL, HeaderValue::from_static(cc));
+            }
+            async move {
+                sleep(delay).await;
+                resp
             }
         });
-        CachingJwks { url: format!("http://{addr}/.well-known/jwks.json"), hits, delay_ms, task }
+        CachingJwks { url: format!("http://{addr}/.well-known/jwks.json"), hits, delay_ms, _server: server }
     }
 
     fn hits(&self) -> usize {
@@ -341,12 +320,6 @@ impl CachingJwks {
     /// From now on, answer each request `delay` after it arrives.
     fn set_delay(&self, delay: Duration) {
         self.delay_ms.store(u64::try_from(delay.as_millis()).unwrap_or(u64::MAX), Ordering::SeqCst);
-    }
-}
-
-impl Drop for CachingJwks {
-    fn drop(&mut self) {
-        self.task.abort();
     }
 }
 

@@ -55,7 +55,7 @@ const GATEWAY_STOP_TIMEOUT: Duration = Duration::from_secs(30);
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// Response body type of the test servers.
-type RespBody = UnsyncBoxBody<Bytes, BoxError>;
+pub type RespBody = UnsyncBoxBody<Bytes, BoxError>;
 
 // ---------------------------------------------------------------------------------------------
 // Time, base64
@@ -247,7 +247,7 @@ pub fn claims(iss: &str, client_id: &str, scope: &str) -> Value {
 // ---------------------------------------------------------------------------------------------
 
 /// Aborts a server's accept loop, and with it every connection task, when dropped.
-struct ServerTask(AbortHandle);
+pub struct ServerTask(AbortHandle);
 
 impl Drop for ServerTask {
     fn drop(&mut self) {
@@ -256,7 +256,7 @@ impl Drop for ServerTask {
 }
 
 /// Binds 127.0.0.1:0.
-async fn bind_local() -> (TcpListener, SocketAddr) {
+pub async fn bind_local() -> (TcpListener, SocketAddr) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1:0");
     let addr = listener.local_addr().expect("local_addr");
     (listener, addr)
@@ -264,7 +264,7 @@ async fn bind_local() -> (TcpListener, SocketAddr) {
 
 /// Serves HTTP/1.1 (and h2c) with upgrades on `listener`, calling `handler` for each request.
 /// Connection tasks live in a JoinSet owned by the accept loop, so aborting the loop stops all.
-fn spawn_http_server<F, Fut>(listener: TcpListener, handler: F) -> ServerTask
+pub fn spawn_http_server<F, Fut>(listener: TcpListener, handler: F) -> ServerTask
 where
     F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Response<RespBody>> + Send + 'static,
@@ -304,7 +304,7 @@ fn empty_body() -> RespBody {
     full_body(Bytes::new())
 }
 
-fn response(status: u16, content_type: &str, body: impl Into<Bytes>) -> Response<RespBody> {
+pub fn response(status: u16, content_type: &str, body: impl Into<Bytes>) -> Response<RespBody> {
     let mut resp = Response::new(full_body(body));
     *resp.status_mut() = StatusCode::from_u16(status).expect("valid status code");
     if let Ok(value) = HeaderValue::from_str(content_type) {
