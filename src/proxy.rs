@@ -141,7 +141,7 @@ pub async fn handle(
         status = resp.status().as_u16(),
         upstream = access.upstream,
         duration_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
-        client_id = access.principal.as_ref().map_or("", |p| p.client_id.as_str()),
+        client_id = access.principal.as_ref().map_or("", |p| p.client_id()),
         reason = access.reason,
     );
     Ok(resp)
@@ -238,7 +238,8 @@ async fn act(
     metrics: &Metrics,
 ) -> Result<Response<Body>, Reject> {
     match decision {
-        Decision::Issuer(issuer) => issuer.handle(req, metrics).await,
+        // Boxed: the issuer's future is large and its requests are few.
+        Decision::Issuer(issuer) => Box::pin(issuer.handle(req, metrics)).await,
         Decision::Mock(m) => Ok(json_response(m.status, &m.content_type, m.body.clone())),
         Decision::Forward(upstream) => {
             let sent = Instant::now();
@@ -281,7 +282,7 @@ fn rewrite_headers(
     };
     h.insert(X_REQUEST_ID, request_id.clone());
     if let (Some(p), true) = (principal, auth.identity_headers) {
-        for (name, value) in &p.identity {
+        for (name, value) in p.identity() {
             h.insert(name, value.clone());
         }
     }

@@ -9,6 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
+use bytes::Bytes;
 use http::{HeaderName, HeaderValue};
 use jsonwebtoken::Algorithm;
 use serde::Deserialize;
@@ -22,24 +23,99 @@ pub const X_AUTH_CLIENT_ID: HeaderName = HeaderName::from_static("x-auth-client-
 pub const X_AUTH_SCOPE: HeaderName = HeaderName::from_static("x-auth-scope");
 pub const X_AUTH_ISSUER: HeaderName = HeaderName::from_static("x-auth-issuer");
 
-/// Who a verified token speaks for.
+/// The identity headers, in the order of [`Principal`]'s fields.
+static IDENTITY: [HeaderName; 4] = [X_AUTH_SUB, X_AUTH_CLIENT_ID, X_AUTH_ISSUER, X_AUTH_SCOPE];
+
+/// Who a verified token speaks for. One lives in the token cache per token, so it is kept
+/// compact: the four strings share one buffer, and the identity header values, built once per
+/// verified token rather than once per request, are slices of that same buffer.
 #[derive(Debug)]
 pub struct Principal {
-    pub sub: String,
-    pub client_id: String,
-    /// One entry per scope: the `scope` string split on spaces, or the `scp` array as given
-    /// (an array element is one scope, whatever it contains).
-    pub scopes: Vec<String>,
-    pub issuer: String,
+    /// `sub`, `client_id`, `iss` and the scopes joined by spaces, back to back.
+    text: Bytes,
+    /// Where each of those four fields ends in `text`.
+    ends: [u32; 4],
+    /// One span of `text` per scope: the `scope` string split on spaces, or the `scp` array
+    /// as given (an array element is one scope, whatever it contains).
+    scopes: Box<[(u32, u32)]>,
     pub exp: u64,
-    /// The identity headers, built once per verified token rather than once per request.
-    pub identity: Vec<(HeaderName, HeaderValue)>,
+    /// The identity header values; `None` for a claim that cannot be a header value.
+    identity: [Option<HeaderValue>; 4],
 }
 
 impl Principal {
-    pub fn has_scope(&self, wanted: &str) -> bool {
-        self.scopes.iter().any(|s| s == wanted)
+    pub fn new<'a>(
+        sub: &str,
+        client_id: &str,
+        issuer: &str,
+        scopes: impl IntoIterator<Item = &'a str>,
+        exp: u64,
+    ) -> Principal {
+        let mut text = String::with_capacity(sub.len() + client_id.len() + issuer.len() + 64);
+        let mut ends = [0u32; 4];
+        for (i, field) in [sub, client_id, issuer].into_iter().enumerate() {
+            text.push_str(field);
+            ends[i] = offset(&text);
+        }
+        let mut spans = Vec::new();
+        for scope in scopes {
+            if !spans.is_empty() {
+                text.push(' ');
+            }
+            let start = offset(&text);
+            text.push_str(scope);
+            spans.push((start, offset(&text)));
+        }
+        ends[3] = offset(&text);
+        let text = Bytes::from(text);
+        let mut identity = [None, None, None, None];
+        let mut start = 0;
+        for (slot, end) in identity.iter_mut().zip(ends) {
+            // A claim that cannot be a header value (control characters) is not forwarded.
+            *slot = HeaderValue::from_maybe_shared(text.slice(start as usize..end as usize)).ok();
+            start = end;
+        }
+        Principal { text, ends, scopes: spans.into_boxed_slice(), exp, identity }
     }
+
+    fn span(&self, start: u32, end: u32) -> &str {
+        // Always on char boundaries: every span starts and ends where a `&str` was pushed.
+        std::str::from_utf8(&self.text[start as usize..end as usize]).unwrap_or("")
+    }
+
+    fn field(&self, i: usize) -> &str {
+        self.span(if i == 0 { 0 } else { self.ends[i - 1] }, self.ends[i])
+    }
+
+    pub fn sub(&self) -> &str {
+        self.field(0)
+    }
+
+    pub fn client_id(&self) -> &str {
+        self.field(1)
+    }
+
+    pub fn issuer(&self) -> &str {
+        self.field(2)
+    }
+
+    pub fn scopes(&self) -> impl Iterator<Item = &str> {
+        self.scopes.iter().map(|&(start, end)| self.span(start, end))
+    }
+
+    pub fn has_scope(&self, wanted: &str) -> bool {
+        self.scopes.iter().any(|&(start, end)| &self.text[start as usize..end as usize] == wanted.as_bytes())
+    }
+
+    /// The `x-auth-*` headers to send upstream.
+    pub fn identity(&self) -> impl Iterator<Item = (&HeaderName, &HeaderValue)> {
+        IDENTITY.iter().zip(&self.identity).filter_map(|(name, value)| Some((name, value.as_ref()?)))
+    }
+}
+
+/// Field offsets are `u32`: a token is far smaller than 4 GiB (header size limits see to it).
+fn offset(text: &str) -> u32 {
+    u32::try_from(text.len()).unwrap_or(u32::MAX)
 }
 
 #[derive(Deserialize)]
@@ -169,7 +245,8 @@ impl Verifier {
             Lookup::Verified(entry) => entry,
             Lookup::Failed(f) => return Err(unauthorized(f)),
             Lookup::UnknownKid => {
-                let fresh = issuer.refetch_for_unknown_kid().await;
+                // Boxed: a rare path that would otherwise size every request's future.
+                let fresh = Box::pin(issuer.refetch_for_unknown_kid()).await;
                 match fresh.map(|k| find_key(&k, header.kid.as_deref(), alg, message, sig)) {
                     Some(Lookup::Verified(entry)) => entry,
                     Some(Lookup::Failed(f)) => return Err(unauthorized(f)),
@@ -209,28 +286,18 @@ impl Verifier {
                 return Err(unauthorized(AuthFailure::WrongTokenUse));
             }
         }
-        let scopes: Vec<String> = match (claims.scope, claims.scp) {
-            (Some(s), _) | (None, Some(OneOrMany::One(s))) => s.split_whitespace().map(str::to_owned).collect(),
-            (None, Some(OneOrMany::Many(v))) => v,
-            (None, None) => Vec::new(),
-        };
-        let scope = scopes.join(" ");
-        let client_id = claims.client_id.or_else(|| claims.sub.clone()).unwrap_or_default();
-        let sub = claims.sub.unwrap_or_else(|| client_id.clone());
-        let identity =
-            [(X_AUTH_SUB, &sub), (X_AUTH_CLIENT_ID, &client_id), (X_AUTH_SCOPE, &scope), (X_AUTH_ISSUER, &cfg.issuer)]
-                .into_iter()
-                // A claim that cannot be a header value (control characters) is not forwarded.
-                .filter_map(|(n, v)| HeaderValue::from_bytes(v.as_bytes()).ok().map(|v| (n, v)))
-                .collect();
-        Ok(Principal {
-            sub,
-            client_id,
-            scopes,
-            issuer: cfg.issuer.clone(),
-            // Truncation floors the expiry: a cache entry may die early, never late.
-            exp: exp.max(0.0) as u64,
-            identity,
+        let client_id = claims.client_id.as_deref().or(claims.sub.as_deref()).unwrap_or_default();
+        let sub = claims.sub.as_deref().unwrap_or(client_id);
+        // Truncation floors the expiry: a cache entry may die early, never late.
+        let exp = exp.max(0.0) as u64;
+        Ok(match (&claims.scope, &claims.scp) {
+            (Some(s), _) | (None, Some(OneOrMany::One(s))) => {
+                Principal::new(sub, client_id, &cfg.issuer, s.split_whitespace(), exp)
+            }
+            (None, Some(OneOrMany::Many(v))) => {
+                Principal::new(sub, client_id, &cfg.issuer, v.iter().map(String::as_str), exp)
+            }
+            (None, None) => Principal::new(sub, client_id, &cfg.issuer, [], exp),
         })
     }
 }
@@ -273,5 +340,39 @@ fn find_key(keys: &KeySet, kid: Option<&str>, alg: Algorithm, message: &[u8], si
                 Lookup::UnknownKid
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn principal_fields_and_scopes_share_one_buffer() {
+        let p = Principal::new("user-1", "client-é", "https://iss", ["a/b.read", "has space", "c"], 42);
+        assert_eq!((p.sub(), p.client_id(), p.issuer(), p.exp), ("user-1", "client-é", "https://iss", 42));
+        assert_eq!(p.scopes().collect::<Vec<_>>(), ["a/b.read", "has space", "c"]);
+        // An array element is one scope: neither half of "has space" is granted.
+        assert!(p.has_scope("has space") && p.has_scope("c") && !p.has_scope("has") && !p.has_scope("space"));
+        assert!(!p.has_scope("a/b.rea") && !p.has_scope(""));
+        let headers: Vec<_> = p.identity().map(|(n, v)| (n.as_str(), v.as_bytes())).collect();
+        assert_eq!(
+            headers,
+            [
+                ("x-auth-sub", &b"user-1"[..]),
+                ("x-auth-client-id", "client-é".as_bytes()),
+                ("x-auth-issuer", b"https://iss"),
+                ("x-auth-scope", b"a/b.read has space c"),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_claim_that_cannot_be_a_header_is_not_forwarded() {
+        let p = Principal::new("line\nbreak", "c", "i", [], 1);
+        assert_eq!(p.sub(), "line\nbreak");
+        let names: Vec<_> = p.identity().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["x-auth-client-id", "x-auth-issuer", "x-auth-scope"]);
+        assert!(p.scopes().next().is_none());
     }
 }
