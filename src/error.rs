@@ -76,7 +76,7 @@ pub enum Reject {
     GatewayTimeout,
 }
 
-pub type Body = http_body_util::Either<hyper::body::Incoming, Full<Bytes>>;
+pub type Body = http_body_util::Either<crate::pool::UpstreamBody, Full<Bytes>>;
 
 const UNAUTHORIZED: &str = r#"{"message":"Unauthorized"}"#;
 

@@ -12,6 +12,7 @@ pub mod error;
 pub mod issuer;
 pub mod listener;
 pub mod metrics;
+pub mod pool;
 pub mod proxy;
 pub mod reload;
 pub mod route;

@@ -17,6 +17,7 @@ use rustls_pki_types::CertificateDer;
 
 use crate::config::UpstreamConfig;
 use crate::error::Reject;
+use crate::pool::{self, H1Pool, UpstreamBody};
 
 /// Hop-by-hop headers, RFC 9110 §7.6.1 (plus the legacy `keep-alive` and `proxy-connection`):
 /// they describe one connection and are never forwarded. Headers named in `Connection` are
@@ -39,9 +40,6 @@ const METHOD_OVERRIDES: [HeaderName; 3] = [
     HeaderName::from_static("x-method-override"),
     HeaderName::from_static("x-http-method"),
 ];
-
-/// Idle keep-alive connections kept per upstream.
-pub const MAX_IDLE_PER_UPSTREAM: usize = 128;
 
 pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, Incoming>;
 
@@ -99,33 +97,48 @@ pub fn https_connector(
         .wrap_connector(http))
 }
 
+/// How requests reach an upstream.
+enum Transport {
+    /// Plain HTTP: our own lean HTTP/1.1 keep-alive pool, the hot path.
+    Plain(Arc<H1Pool>),
+    /// HTTPS: hyper-util's pooled client (TLS, ALPN, HTTP/2).
+    Tls(Box<UpstreamClient>),
+}
+
 pub struct Upstream {
     pub config: UpstreamConfig,
     scheme: Scheme,
     authority: Authority,
-    client: UpstreamClient,
+    transport: Transport,
 }
 
 impl Upstream {
     pub fn new(config: UpstreamConfig) -> Result<Upstream, String> {
-        let connector = https_connector(config.ca_file.as_deref(), config.connect_timeout)?;
-        let client = Client::builder(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            // Like NGINX's `keepalive N`: a burst may open many upstream connections, only
-            // this many stay open idle afterwards.
-            .pool_max_idle_per_host(MAX_IDLE_PER_UPSTREAM)
-            .build(connector);
         let base: Uri = config.scheme_authority.parse().map_err(|e| format!("{}: {e}", config.scheme_authority))?;
         let (Some(scheme), Some(authority)) = (base.scheme().cloned(), base.authority().cloned()) else {
             return Err(format!("{}: not scheme://authority", config.scheme_authority));
         };
-        Ok(Upstream { config, scheme, authority, client })
+        let transport = if config.https {
+            let connector = https_connector(config.ca_file.as_deref(), config.connect_timeout)?;
+            Transport::Tls(Box::new(
+                Client::builder(TokioExecutor::new())
+                    .timer(TokioTimer::new())
+                    .pool_timer(TokioTimer::new())
+                    .pool_idle_timeout(pool::IDLE_TIMEOUT)
+                    // Like NGINX's `keepalive N`: a burst may open many upstream connections,
+                    // only this many stay open idle afterwards.
+                    .pool_max_idle_per_host(pool::MAX_IDLE)
+                    .build(connector),
+            ))
+        } else {
+            Transport::Plain(Arc::new(H1Pool::new(&authority, config.connect_timeout)?))
+        };
+        Ok(Upstream { config, scheme, authority, transport })
     }
 
-    /// The upstream URI: the upstream's scheme and authority, its path prefix, the normalized
-    /// path, and the request's raw query.
+    /// The upstream URI: its path prefix, the normalized path, and the request's raw query;
+    /// origin-form for the plain-HTTP pool, with the upstream's scheme and authority for the
+    /// HTTPS client (which connects by the URI).
     pub fn uri(&self, request: &Uri, normalized: &str) -> Result<Uri, Reject> {
         let path_and_query = match request.path_and_query() {
             // Already normal and nothing to prepend: reuse the request's bytes as they are.
@@ -144,17 +157,33 @@ impl Upstream {
             }
         };
         let mut parts = http::uri::Parts::default();
-        parts.scheme = Some(self.scheme.clone());
-        parts.authority = Some(self.authority.clone());
+        if matches!(self.transport, Transport::Tls(_)) {
+            parts.scheme = Some(self.scheme.clone());
+            parts.authority = Some(self.authority.clone());
+        }
         parts.path_and_query = Some(path_and_query);
         Uri::from_parts(parts).map_err(|_| Reject::BadRequest)
     }
 
     /// Sends the prepared request; waits at most `timeout` for the response head.
-    pub async fn send(&self, mut req: Request<Incoming>, timeout: Duration) -> Result<Response<Incoming>, Reject> {
+    pub async fn send(&self, mut req: Request<Incoming>, timeout: Duration) -> Result<Response<UpstreamBody>, Reject> {
         // The client picks the protocol to the upstream (h2 only when ALPN says so).
         *req.version_mut() = Version::HTTP_11;
-        match tokio::time::timeout(timeout, self.client.request(req)).await {
+        match &self.transport {
+            Transport::Plain(pool) => self.outcome(tokio::time::timeout(timeout, pool.send(req)).await),
+            Transport::Tls(client) => self.outcome(
+                tokio::time::timeout(timeout, client.request(req))
+                    .await
+                    .map(|r| r.map(|resp| resp.map(UpstreamBody::unpooled))),
+            ),
+        }
+    }
+
+    fn outcome<E: std::fmt::Display>(
+        &self,
+        r: Result<Result<Response<UpstreamBody>, E>, tokio::time::error::Elapsed>,
+    ) -> Result<Response<UpstreamBody>, Reject> {
+        match r {
             Err(_) => Err(Reject::GatewayTimeout),
             Ok(Err(e)) => {
                 tracing::debug!(upstream = %self.config.name, error = %e, "upstream request failed");
