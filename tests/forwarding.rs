@@ -5,7 +5,7 @@ use common::*;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -697,6 +697,80 @@ async fn oversized_request_head_is_431() {
         assert!(seen[0].starts_with("HTTP/1.1 431"), "status line {:?}", seen[0]);
         assert_eq!(env.books.count(), 1, "oversized request was forwarded");
         gw.stop().await;
+    })
+    .await;
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum UpstreamConns {
+    KeepAlive,
+    /// Answers with `Connection: close`, then closes.
+    CloseWithHeader,
+    /// Answers as if keeping the connection, then closes it (an idle timeout, say).
+    CloseSilently,
+}
+
+/// A raw-TCP upstream answering every request head with a 2-byte 200; counts its connections.
+async fn counting_upstream(mode: UpstreamConns) -> (SocketAddr, Arc<AtomicUsize>, tokio::task::JoinHandle<()>) {
+    let (listener, addr) = bind_local().await;
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&accepted);
+    let task = tokio::spawn(async move {
+        let mut conns = tokio::task::JoinSet::new();
+        while let Ok((mut s, _)) = listener.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+            conns.spawn(async move {
+                let mut seen = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                        seen.drain(..end + 4);
+                        let resp: &[u8] = match mode {
+                            UpstreamConns::CloseWithHeader => {
+                                b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\nok"
+                            }
+                            _ => b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
+                        };
+                        if s.write_all(resp).await.is_err() || mode != UpstreamConns::KeepAlive {
+                            return;
+                        }
+                    }
+                    match s.read(&mut chunk).await {
+                        Ok(n) if n > 0 => seen.extend_from_slice(&chunk[..n]),
+                        _ => return,
+                    }
+                }
+            });
+        }
+    });
+    (addr, accepted, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_connections_are_reused_and_closed_ones_replaced() {
+    bounded(60, async {
+        let env = Env::new("fwd-conns").await;
+        let token = env.token();
+        for (mode, connections) in
+            [(UpstreamConns::KeepAlive, 1), (UpstreamConns::CloseWithHeader, 20), (UpstreamConns::CloseSilently, 20)]
+        {
+            let (addr, accepted, task) = counting_upstream(mode).await;
+            let rest =
+                format!("{}{}", upstream_toml("raw", &format!("http://{addr}")), route("/book", r#"["GET"]"#, "raw"));
+            let gw = Gateway::start(&config(env.jwks_url(), "", "", &rest)).await;
+            for i in 0..20 {
+                let r = get(&gw, "/book", Some(&token)).await;
+                assert_eq!((r.status, r.body.as_str()), (200, "ok"), "{mode:?}, request {i}");
+                if mode == UpstreamConns::CloseSilently {
+                    // The close reaches the gateway while the connection idles in its pool.
+                    tokio::time::sleep(Duration::from_millis(30)).await;
+                }
+            }
+            // Sequential requests need one connection, unless the upstream closes each one.
+            assert_eq!(accepted.load(Ordering::SeqCst), connections, "{mode:?}");
+            gw.stop().await;
+            task.abort();
+        }
     })
     .await;
 }
