@@ -94,7 +94,8 @@ impl H1Pool {
                 },
             }
         }
-        let mut sender = self.connect().await?;
+        // Boxed: connecting is the rare path, and its future would size every request's.
+        let mut sender = Box::pin(self.connect()).await?;
         let resp = sender.send_request(req).await.map_err(SendError::Http)?;
         Ok(self.wrap(resp, sender))
     }

@@ -260,14 +260,14 @@ fn rewrite_headers(
     principal: Option<&Principal>,
 ) {
     let auth = &snap.config.auth;
-    let upgrade = upstream::is_upgrade(h);
-    upstream::strip_hop_by_hop(h, upgrade);
-    upstream::strip_spoofable(h);
+    upstream::strip_request(h);
     // The client's Host names the gateway; the upstream gets its own (set from the URI).
     h.remove(header::HOST);
     if !auth.forward_token {
         h.remove(&auth.header);
     }
+    // Room for what is added below, so the map grows at most once.
+    h.reserve(5 + principal.map_or(0, |p| p.identity().count()));
     let xff = match h.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
         Some(prev) if !prev.trim().is_empty() => {
             HeaderValue::from_str(&format!("{prev}, {}", conn.remote.ip())).unwrap_or_else(|_| conn.remote_ip.clone())
@@ -311,6 +311,6 @@ async fn forward(snap: &Snapshot, upstream: &Upstream, mut req: Request<Incoming
         });
         return Ok(resp.map(|_| Body::Right(http_body_util::Full::default())));
     }
-    upstream::strip_hop_by_hop(resp.headers_mut(), false);
+    upstream::strip_response(resp.headers_mut());
     Ok(resp.map(Body::Left))
 }

@@ -22,7 +22,7 @@ use crate::pool::{self, H1Pool, UpstreamBody};
 /// Hop-by-hop headers, RFC 9110 §7.6.1 (plus the legacy `keep-alive` and `proxy-connection`):
 /// they describe one connection and are never forwarded. Headers named in `Connection` are
 /// removed as well.
-const HOP_BY_HOP: [HeaderName; 8] = [
+static HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -35,7 +35,7 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 
 /// Method-override headers let a client make a framework see another method than the one the
 /// route table authorized; they are never forwarded.
-const METHOD_OVERRIDES: [HeaderName; 3] = [
+static METHOD_OVERRIDES: [HeaderName; 3] = [
     HeaderName::from_static("x-http-method-override"),
     HeaderName::from_static("x-method-override"),
     HeaderName::from_static("x-http-method"),
@@ -205,6 +205,35 @@ pub fn is_upgrade(headers: &HeaderMap) -> bool {
             .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
 }
 
+/// True for a header name that the hygiene below may remove. Any header that `Connection`
+/// names comes with a `Connection` header, which is itself on the list.
+fn may_strip(name: &HeaderName) -> bool {
+    HOP_BY_HOP.contains(name)
+        || METHOD_OVERRIDES.contains(name)
+        || name == header::UPGRADE
+        || name.as_str().starts_with("x-auth-")
+}
+
+/// Request hygiene: hop-by-hop headers, those `Connection` names and those a client could use
+/// to claim an identity or another method go. Returns whether the request is an upgrade.
+/// The common request has none of them, and then costs one pass over its header names.
+pub fn strip_request(headers: &mut HeaderMap) -> bool {
+    if !headers.keys().any(may_strip) {
+        return false;
+    }
+    let upgrade = is_upgrade(headers);
+    strip_hop_by_hop(headers, upgrade);
+    strip_spoofable(headers);
+    upgrade
+}
+
+/// Response hygiene: hop-by-hop headers and those `Connection` names go.
+pub fn strip_response(headers: &mut HeaderMap) {
+    if headers.keys().any(may_strip) {
+        strip_hop_by_hop(headers, false);
+    }
+}
+
 /// Removes hop-by-hop headers and those the `Connection` header names. For an upgrade the
 /// `Upgrade` header and `Connection: upgrade` are what the next hop needs, so they are kept.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
@@ -263,6 +292,34 @@ mod tests {
         strip_hop_by_hop(&mut h, false);
         assert_eq!(h.len(), 1, "{h:?}");
         assert!(h.contains_key("x-keep"));
+    }
+
+    #[test]
+    fn the_one_pass_check_sees_every_header_the_hygiene_removes() {
+        let names = HOP_BY_HOP.iter().chain(&METHOD_OVERRIDES).cloned().chain([
+            header::UPGRADE,
+            HeaderName::from_static("x-auth-sub"),
+            HeaderName::from_static("x-auth-anything"),
+        ]);
+        for name in names {
+            let mut h = HeaderMap::new();
+            h.insert(header::HOST, HeaderValue::from_static("a"));
+            h.insert(name.clone(), HeaderValue::from_static("v"));
+            let _ = strip_request(&mut h);
+            assert_eq!(h.len(), 1, "{name} kept in a request");
+            h.insert(name.clone(), HeaderValue::from_static("v"));
+            if name.as_str().starts_with("x-") {
+                continue; // identity and method headers are not hop-by-hop in a response
+            }
+            strip_response(&mut h);
+            assert_eq!(h.len(), 1, "{name} kept in a response");
+        }
+        let mut clean = HeaderMap::new();
+        clean.insert(header::HOST, HeaderValue::from_static("a"));
+        clean.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer x"));
+        clean.insert("x-authz", HeaderValue::from_static("kept"));
+        assert!(!strip_request(&mut clean));
+        assert_eq!(clean.len(), 3);
     }
 
     #[test]
