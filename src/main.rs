@@ -67,14 +67,25 @@ fn hash_stdin() -> Result<String, String> {
     scopegate::issuer::hash_secret(&secret)
 }
 
-fn init_logging(format: LogFormat) {
+/// Log lines (one access-log line per request) go to stdout through a writer thread: the
+/// request path hands its formatted line over a channel instead of making a write(2) per line,
+/// and the thread writes whatever has queued up in one go. When the queue is full the request
+/// path waits rather than dropping lines. The returned guard writes what is left when dropped.
+fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stdout);
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        // Bounds the memory a burst of lines can take (about 1 MiB of access-log lines).
+        .buffered_lines_limit(4096)
+        .thread_name("scopegate-log")
+        .finish(std::io::BufWriter::with_capacity(64 * 1024, std::io::stdout()));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer);
     match format {
         LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).init(),
         LogFormat::Text => builder.init(),
     }
+    guard
 }
 
 fn main() -> ExitCode {
@@ -120,7 +131,8 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            init_logging(format);
+            // Kept until `main` returns, so the last lines are written.
+            let _log_guard = init_logging(format);
             // With one CPU to run on (a pinned sidecar, a 1-CPU container limit) a multi-thread
             // scheduler only adds cross-thread wake-ups; the current-thread one does the same
             // work with less.

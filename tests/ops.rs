@@ -641,6 +641,14 @@ async fn sigint_exits_zero() {
     let status = status.unwrap_or_else(|| panic!("no exit within 10 s of SIGINT\n{output}"));
     assert_eq!(status.code(), Some(0), "exit status after SIGINT\n{output}");
     assert!(TcpStream::connect(p.addr).await.is_err(), "listener gone after exit");
+    // Log lines go through a writer thread: the request's access line and the last line
+    // before exit are both on stdout once the process is gone.
+    let lines: Vec<serde_json::Value> =
+        p.stdout().lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}\n{output}"))).collect();
+    let access = lines.iter().filter(|l| l["target"] == "scopegate::access").collect::<Vec<_>>();
+    assert_eq!(access.len(), 1, "one access-log line\n{output}");
+    assert_eq!((access[0]["path"].as_str(), access[0]["status"].as_u64()), (Some("/fast"), Some(200)), "{output}");
+    assert_eq!(lines.last().map(|l| l["message"].clone()), Some("stopped".into()), "last line\n{output}");
 }
 
 // ---------------------------------------------------------------------------------------------
