@@ -81,11 +81,6 @@ impl H1Pool {
     pub async fn send(self: &Arc<Self>, mut req: Request<Incoming>) -> Result<Response<UpstreamBody>, SendError> {
         req.headers_mut().insert(header::HOST, self.host.clone());
         while let Some(mut sender) = self.checkout() {
-            // Ready at once, unless the connection task has not yet seen the end of the
-            // previous response; it fails when the connection has closed.
-            if sender.ready().await.is_err() {
-                continue;
-            }
             match sender.try_send_request(req).await {
                 Ok(resp) => return Ok(self.wrap(resp, sender)),
                 Err(mut e) => match e.take_message() {
@@ -105,11 +100,19 @@ impl H1Pool {
         self.idle.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// The most recently returned connection that can take a request now. One whose last
+    /// exchange is not over (the upstream answered before the request body was all sent, and
+    /// the client has not sent the rest) stays where it is until it is ready, closes, or the
+    /// sweeper retires it; waiting for it could take as long as that client likes.
     fn checkout(&self) -> Option<SendRequest<Incoming>> {
         let mut idle = self.idle();
-        while let Some(i) = idle.pop_back() {
-            if !i.sender.is_closed() {
-                return Some(i.sender);
+        let mut i = idle.len();
+        while i > 0 {
+            i -= 1;
+            if idle[i].sender.is_closed() {
+                idle.remove(i);
+            } else if idle[i].sender.is_ready() {
+                return idle.remove(i).map(|entry| entry.sender);
             }
         }
         None
@@ -270,6 +273,12 @@ mod tests {
     }
 
     async fn get(pool: &Arc<H1Pool>) -> Response<UpstreamBody> {
+        get_with(pool, b"GET /x HTTP/1.1\r\nhost: a\r\ncontent-length: 0\r\n\r\n").await
+    }
+
+    /// Sends `raw` to a real server connection and forwards the request it parses through
+    /// `pool`. The client side stays open (leaked) so a body it leaves unfinished stays so.
+    async fn get_with(pool: &Arc<H1Pool>, raw: &[u8]) -> Response<UpstreamBody> {
         // `Incoming` cannot be built by hand: take one from a real server connection.
         let (tx, rx) = tokio::sync::oneshot::channel();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -286,7 +295,8 @@ mod tests {
             let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(s), svc).await;
         });
         let mut c = TcpStream::connect(addr).await.unwrap();
-        c.write_all(b"GET /x HTTP/1.1\r\nhost: a\r\ncontent-length: 0\r\n\r\n").await.unwrap();
+        c.write_all(raw).await.unwrap();
+        std::mem::forget(c);
         let req = rx.await.unwrap();
         let (mut parts, body) = req.into_parts();
         parts.uri = "/x".parse().unwrap();
@@ -322,5 +332,20 @@ mod tests {
         // A body dropped unread takes its connection with it.
         drop(get(&pool).await);
         assert_eq!(pool.idle_len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_connection_still_sending_a_request_body_is_not_handed_out() {
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let addr = upstream(Arc::clone(&accepted)).await;
+        let authority: http::uri::Authority = addr.to_string().parse().unwrap();
+        let pool = Arc::new(H1Pool::new(&authority, Duration::from_secs(1)).unwrap());
+        // The upstream answers before the request body is complete (as with a 413), and the
+        // client never sends the rest: that connection cannot take another request.
+        let early = get_with(&pool, b"POST /x HTTP/1.1\r\nhost: a\r\ncontent-length: 100\r\n\r\npartial").await;
+        assert_eq!(read_to_end(early).await, "ok");
+        let next = tokio::time::timeout(Duration::from_secs(5), get(&pool)).await.expect("next request waited");
+        assert_eq!(read_to_end(next).await, "ok");
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
     }
 }
