@@ -55,7 +55,7 @@ struct Idle {
 pub struct H1Pool {
     /// `host:port`, as `TcpStream::connect` takes it.
     addr: String,
-    /// The `Host` header every request gets: the upstream's authority.
+    /// The `Host` header every request gets: the upstream's host, and its port unless 80.
     host: HeaderValue,
     connect_timeout: Duration,
     /// Oldest at the front; checkout and return at the back.
@@ -65,9 +65,15 @@ pub struct H1Pool {
 
 impl H1Pool {
     pub fn new(authority: &http::uri::Authority, connect_timeout: Duration) -> Result<H1Pool, String> {
-        let host = HeaderValue::from_str(authority.as_str()).map_err(|e| format!("{authority}: {e}"))?;
+        let port = authority.port_u16().unwrap_or(80);
+        // As HTTP clients write it: no user info, no default port.
+        let host = match port {
+            80 => authority.host().to_owned(),
+            _ => format!("{}:{port}", authority.host()),
+        };
+        let host = HeaderValue::from_str(&host).map_err(|e| format!("{authority}: {e}"))?;
         Ok(H1Pool {
-            addr: format!("{}:{}", authority.host(), authority.port_u16().unwrap_or(80)),
+            addr: format!("{}:{port}", authority.host()),
             host,
             connect_timeout,
             idle: Mutex::new(VecDeque::new()),
@@ -332,6 +338,19 @@ mod tests {
         // A body dropped unread takes its connection with it.
         drop(get(&pool).await);
         assert_eq!(pool.idle_len(), 1);
+    }
+
+    #[test]
+    fn host_header_and_connect_address() {
+        for (authority, host, addr) in [
+            ("example.internal", "example.internal", "example.internal:80"),
+            ("example.internal:80", "example.internal", "example.internal:80"),
+            ("user@example.internal:8080", "example.internal:8080", "example.internal:8080"),
+            ("[::1]:3000", "[::1]:3000", "[::1]:3000"),
+        ] {
+            let pool = H1Pool::new(&authority.parse().unwrap(), Duration::from_secs(1)).unwrap();
+            assert_eq!((pool.host.to_str().unwrap(), pool.addr.as_str()), (host, addr), "{authority}");
+        }
     }
 
     #[tokio::test]
