@@ -14,6 +14,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Method, StatusCode};
 use jsonwebtoken::Algorithm;
+use schemars::JsonSchema;
 use serde::{Deserialize, Deserializer};
 use toml::Spanned;
 
@@ -95,6 +96,20 @@ pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Str(String);
 
+impl JsonSchema for Str {
+    fn inline_schema() -> bool {
+        true
+    }
+
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "String".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({ "type": "string" })
+    }
+}
+
 impl<'de> Deserialize<'de> for Str {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let raw = String::deserialize(d)?;
@@ -104,6 +119,11 @@ impl<'de> Deserialize<'de> for Str {
 
 /// Replaces each `${NAME}` with the environment variable `NAME`; an unset one is an error.
 pub fn expand_env(raw: &str) -> Result<String, String> {
+    expand_with(raw, |name| std::env::var(name).ok())
+}
+
+/// [`expand_env`] with the variables looked up by `lookup`.
+fn expand_with(raw: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<String, String> {
     let mut out = String::with_capacity(raw.len());
     let mut rest = raw;
     while let Some(start) = rest.find("${") {
@@ -117,9 +137,9 @@ pub fn expand_env(raw: &str) -> Result<String, String> {
         if !valid {
             return Err(format!("invalid environment variable name {name:?}"));
         }
-        match std::env::var(name) {
-            Ok(v) => out.push_str(&v),
-            Err(_) => return Err(format!("environment variable {name} is not set")),
+        match lookup(name) {
+            Some(v) => out.push_str(&v),
+            None => return Err(format!("environment variable {name} is not set")),
         }
         rest = &after[end + 1..];
     }
@@ -130,6 +150,20 @@ pub fn expand_env(raw: &str) -> Result<String, String> {
 /// A duration written like `"250ms"`, `"30s"`, `"5m"`, `"1h"`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Dur(Duration);
+
+impl JsonSchema for Dur {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Duration".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "description": "A number and a unit, like \"250ms\", \"30s\", \"5m\" or \"1h\".",
+            "pattern": "^\\s*[0-9]+(\\.[0-9]+)?\\s*[a-zA-Zµ]+(\\s*[0-9]+\\s*[a-zA-Zµ]+)*\\s*$"
+        })
+    }
+}
 
 impl<'de> Deserialize<'de> for Dur {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -147,130 +181,238 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 // ---------------------------------------------------------------------------------------------
 // The file as written
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, JsonSchema, Default)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
+    /// Listeners, timeouts and limits.
     #[serde(default)]
     server: RawServer,
+    /// Log format.
     #[serde(default)]
     log: RawLog,
+    /// How tokens are read and checked, and the trusted issuers.
     #[serde(default)]
     auth: RawAuth,
+    /// Upstreams by name; routes refer to them.
     #[serde(default)]
+    #[schemars(with = "BTreeMap<String, RawUpstream>")]
     upstreams: BTreeMap<String, Spanned<RawUpstream>>,
+    /// The route table.
     #[serde(default)]
+    #[schemars(with = "Vec<RawRoute>")]
     routes: Vec<Spanned<RawRoute>>,
+    /// The built-in OAuth 2.0 client-credentials issuer.
+    #[schemars(with = "Option<RawBuiltin>")]
     issuer: Option<Spanned<RawBuiltin>>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Builtin")]
 struct RawBuiltin {
+    /// The `iss` of minted tokens: an http:// or https:// URL without a trailing "/".
+    #[schemars(with = "Str")]
     issuer: Spanned<Str>,
+    /// PKCS#8 PEM RSA or EC (P-256, P-384) private key; omitted: generated at start, in memory only.
+    #[schemars(with = "Option<Str>")]
     signing_key: Option<Spanned<Str>>,
+    /// Lifetime of minted tokens, at least 1s. Default "1h".
+    #[schemars(with = "Option<Dur>")]
     token_ttl: Option<Spanned<Dur>>,
+    /// Resource servers and the scopes they define.
     #[serde(default)]
+    #[schemars(with = "Vec<RawResourceServer>")]
     resource_servers: Vec<Spanned<RawResourceServer>>,
+    /// Client-credentials app clients.
     #[serde(default)]
+    #[schemars(with = "Vec<RawClient>")]
     clients: Vec<Spanned<RawClient>>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "ResourceServer")]
 struct RawResourceServer {
+    /// Resource server name (no spaces or "/"); scopes are named "identifier/scope".
+    #[schemars(with = "Str")]
     identifier: Spanned<Str>,
+    /// Scope names this resource server defines.
     #[serde(default)]
+    #[schemars(with = "Vec<Str>")]
     scopes: Vec<Spanned<Str>>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Client")]
 struct RawClient {
+    /// Client id: non-empty, no ":".
+    #[schemars(with = "Str")]
     client_id: Spanned<Str>,
+    /// Argon2id hash from `scopegate hash-secret`.
+    #[schemars(with = "Option<Str>")]
     client_secret_hash: Option<Spanned<Str>>,
+    /// Plain secret (discouraged; prefer client_secret_hash).
+    #[schemars(with = "Option<Str>")]
     client_secret: Option<Spanned<Str>>,
+    /// Full scope names ("identifier/scope") this client may get.
     #[serde(default)]
+    #[schemars(with = "Vec<Str>")]
     allowed_scopes: Vec<Spanned<Str>>,
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, JsonSchema, Default)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Server")]
 struct RawServer {
+    /// Data-plane address, IP:PORT. Default "0.0.0.0:8080". Restart to change.
+    #[schemars(with = "Option<Str>")]
     listen: Option<Spanned<Str>>,
+    /// Admin listener address (/metrics, /healthz, /readyz), IP:PORT; omitted: disabled. Restart to change.
+    #[schemars(with = "Option<Str>")]
     admin_listen: Option<Spanned<Str>>,
+    /// Longest wait for the upstream response head (504 after). Default "30s".
     request_timeout: Option<Dur>,
+    /// Time a connection has to deliver a complete request head. Default "10s".
     header_read_timeout: Option<Dur>,
+    /// Largest request head in bytes (431 beyond). Default 16384.
+    #[schemars(with = "Option<i64>")]
     max_header_bytes: Option<Spanned<i64>>,
+    /// Connections served at once; more wait. Default 10000. Restart to change.
+    #[schemars(with = "Option<i64>")]
     max_connections: Option<Spanned<i64>>,
+    /// Drain time after SIGTERM/SIGINT. Default "20s".
     shutdown_grace: Option<Dur>,
+    /// Terminate TLS on the data-plane listener.
+    #[schemars(with = "Option<RawTls>")]
     tls: Option<Spanned<RawTls>>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Tls")]
 struct RawTls {
+    /// PEM certificate chain.
+    #[schemars(with = "Str")]
     cert: Spanned<Str>,
+    /// PEM private key.
+    #[schemars(with = "Str")]
     key: Spanned<Str>,
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, JsonSchema, Default)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Log")]
 struct RawLog {
+    /// "json" (default) or "text". Restart to change.
+    #[schemars(with = "Option<Str>")]
     format: Option<Spanned<Str>>,
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, JsonSchema, Default)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Auth")]
 struct RawAuth {
+    /// Header the token is read from. Default "authorization".
+    #[schemars(with = "Option<Str>")]
     header: Option<Spanned<Str>>,
+    /// Clock skew allowed on exp, nbf, iat. Default "60s".
     leeway: Option<Dur>,
+    /// 401 (default, REST API behaviour) or 403 (HTTP API behaviour) for a token without the scopes.
+    #[schemars(with = "Option<i64>")]
     scope_failure_status: Option<Spanned<i64>>,
+    /// Verified-token cache size; 0 disables it. Default 65536.
+    #[schemars(with = "Option<i64>")]
     cache_entries: Option<Spanned<i64>>,
+    /// Pass the token header to the upstream. Default true.
     forward_token: Option<bool>,
+    /// Set x-auth-sub, x-auth-client-id, x-auth-scope, x-auth-issuer. Default true.
     identity_headers: Option<bool>,
+    /// Trusted token issuers.
     #[serde(default)]
+    #[schemars(with = "Vec<RawIssuer>")]
     issuers: Vec<Spanned<RawIssuer>>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Issuer")]
 struct RawIssuer {
+    /// Exact match on the token's iss.
+    #[schemars(with = "Str")]
     issuer: Spanned<Str>,
+    /// URL of the key set.
+    #[schemars(with = "Option<Str>")]
     jwks_uri: Option<Spanned<Str>>,
+    /// Local JWKS file (watched).
+    #[schemars(with = "Option<Str>")]
     jwks_file: Option<Spanned<Str>>,
+    /// Read jwks_uri from {issuer}/.well-known/openid-configuration.
+    #[schemars(with = "Option<bool>")]
     discovery: Option<Spanned<bool>>,
+    /// aud must contain one of these (or client_id equal one when aud is absent).
     audiences: Option<Vec<Str>>,
+    /// Required token_use claim ("access" or "id").
     token_use: Option<Str>,
+    /// Allowed algorithms. Default ["RS256"].
+    #[schemars(with = "Option<Vec<Str>>")]
     algorithms: Option<Spanned<Vec<Spanned<Str>>>>,
+    /// Keys are re-fetched at least this often. Default "5m".
     refresh: Option<Dur>,
+    /// At most one re-fetch per cooldown for unknown kids. Default "30s".
     kid_miss_cooldown: Option<Dur>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Upstream")]
 struct RawUpstream {
+    /// http:// or https:// base URL; a path in it is prepended.
+    #[schemars(with = "Str")]
     url: Spanned<Str>,
+    /// Connect timeout. Default "2s".
     connect_timeout: Option<Dur>,
+    /// Extra PEM CA bundle for https upstreams.
+    #[schemars(with = "Option<Str>")]
     ca_file: Option<Spanned<Str>>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Route")]
 struct RawRoute {
+    /// Template: literal segments, {name} = one segment, {name+} = the rest (last only).
+    #[schemars(with = "Str")]
     path: Spanned<Str>,
+    /// Upper-case methods, or ["ANY"] (default).
+    #[schemars(with = "Option<Vec<Str>>")]
     methods: Option<Spanned<Vec<Spanned<Str>>>>,
+    /// The token needs at least one of these.
     scopes: Option<Vec<Str>>,
+    /// The token needs all of these.
     scopes_all: Option<Vec<Str>>,
+    /// "jwt" (default) or "none" (public).
+    #[schemars(with = "Option<Str>")]
     auth: Option<Spanned<Str>>,
+    /// Name of the upstream to forward to.
+    #[schemars(with = "Option<Str>")]
     upstream: Option<Spanned<Str>>,
+    /// A mock answer instead of an upstream.
+    #[schemars(with = "Option<RawMock>")]
     response: Option<Spanned<RawMock>>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Mock")]
 struct RawMock {
+    /// HTTP status, 200-999. Default 200.
+    #[schemars(with = "Option<i64>")]
     status: Option<Spanned<i64>>,
+    /// Default "application/json".
+    #[schemars(with = "Option<Str>")]
     content_type: Option<Spanned<Str>>,
+    /// Body of the answer.
     body: Option<Str>,
 }
 
@@ -437,6 +579,49 @@ pub struct RouteConfig {
 }
 
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
+
+/// The JSON Schema of gateway.toml, generated from the types the file is parsed into, so it
+/// names exactly the keys the parser accepts (`scopegate schema`, docs/gateway.schema.json).
+pub fn schema() -> String {
+    let mut schema = schemars::schema_for!(RawConfig).to_value();
+    drop_null(&mut schema);
+    if let Some(root) = schema.as_object_mut() {
+        root.insert("title".to_owned(), "scopegate gateway.toml".into());
+    }
+    let mut text = serde_json::to_string_pretty(&schema).unwrap_or_default();
+    text.push('\n');
+    text
+}
+
+/// TOML has no null: an optional key is one that may be left out, never one that may be null.
+/// Removes the `null` alternatives schemars gives `Option` fields.
+fn drop_null(v: &mut serde_json::Value) {
+    use serde_json::Value;
+    let Value::Object(map) = v else {
+        if let Value::Array(items) = v {
+            items.iter_mut().for_each(drop_null);
+        }
+        return;
+    };
+    if let Some(Value::Array(types)) = map.get_mut("type") {
+        types.retain(|t| t != "null");
+        if let [only] = types.as_slice() {
+            let only = only.clone();
+            map.insert("type".to_owned(), only);
+        }
+    }
+    if let Some(Value::Array(alts)) = map.get_mut("anyOf") {
+        alts.retain(|a| a.get("type").is_none_or(|t| t != "null"));
+        if let [only] = alts.as_slice() {
+            let only = only.clone();
+            map.remove("anyOf");
+            if let Value::Object(inner) = only {
+                map.extend(inner);
+            }
+        }
+    }
+    map.values_mut().for_each(drop_null);
+}
 
 impl Config {
     /// Reads, parses and validates the file. Used at start-up, by `check`, and by reloads.
@@ -1094,8 +1279,9 @@ mod tests {
 
     #[test]
     fn env_expansion_and_unset_variable() {
-        std::env::set_var("SCOPEGATE_TEST_HOST", "127.0.0.1");
-        assert_eq!(expand_env("http://${SCOPEGATE_TEST_HOST}:1").unwrap(), "http://127.0.0.1:1");
+        let vars = |name: &str| (name == "SCOPEGATE_TEST_HOST").then(|| "127.0.0.1".to_owned());
+        assert_eq!(expand_with("http://${SCOPEGATE_TEST_HOST}:1", vars).unwrap(), "http://127.0.0.1:1");
+        assert!(expand_with("${SCOPEGATE_TEST_PORT}", vars).unwrap_err().contains("SCOPEGATE_TEST_PORT"));
         let e = errs("[upstreams.a]\nurl = \"http://${SCOPEGATE_SURELY_UNSET}\"\n");
         assert_eq!(e.len(), 1);
         assert!(e[0].starts_with("g.toml:2:7: ") && e[0].contains("SCOPEGATE_SURELY_UNSET"), "{e:?}");

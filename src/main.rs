@@ -31,6 +31,8 @@ enum Command {
     },
     /// Read a client secret on stdin and print the hash for `client_secret_hash`
     HashSecret,
+    /// Print the JSON Schema of gateway.toml (for editors: taplo, Even Better TOML)
+    Schema,
 }
 
 fn mint(config: &std::path::Path, client_id: &str, scope: Option<&str>) -> Result<String, String> {
@@ -121,6 +123,10 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Some(Command::Schema) => {
+            print!("{}", scopegate::config::schema());
+            ExitCode::SUCCESS
+        }
         None => {
             // The config is read once here to choose the log format; the server reads it again
             // through the same load path it uses for reloads.
