@@ -272,11 +272,18 @@ fn rewrite_headers(
     principal: Option<&Principal>,
 ) {
     let auth = &snap.config.auth;
+    // A token header named like a stripped family (`x-auth-token`, say) still follows
+    // `forward_token`: the gateway has verified it (or the route is public, where the token
+    // header goes on like any other).
+    let token = (auth.forward_token && upstream::may_strip(&auth.header)).then(|| h.remove(&auth.header)).flatten();
     upstream::strip_request(h);
     // The client's Host names the gateway; the upstream gets its own (set from the URI).
     h.remove(header::HOST);
     if !auth.forward_token {
         h.remove(&auth.header);
+    }
+    if let Some(token) = token {
+        h.insert(&auth.header, token);
     }
     // Room for what is added below, so the map grows at most once.
     h.reserve(7 + principal.map_or(0, |p| p.identity().count()));

@@ -293,7 +293,7 @@ fn kind(name: &HeaderName) -> Option<Kind> {
 
 /// True for a request header that the hygiene below removes. Any header that `Connection`
 /// names comes with a `Connection` header, which is itself on the list.
-fn may_strip(name: &HeaderName) -> bool {
+pub fn may_strip(name: &HeaderName) -> bool {
     match kind(name) {
         None => false,
         // The gateway's own spelling is overwritten (or appended to) later.

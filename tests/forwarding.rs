@@ -1023,3 +1023,26 @@ async fn every_connection_line_of_a_response_counts() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_header_named_like_a_stripped_family_follows_forward_token() {
+    bounded(30, async {
+        let env = Env::new("fwd-th").await;
+        let rest = format!("{}{}", upstream_toml("books", &env.books.url), route("/book", r#"["GET"]"#, "books"));
+        let auth = format!("Bearer {}", env.token());
+        let headers = [("X-Auth-Token", auth.as_str()), ("x_auth_token", "evil-token")];
+        for (forward, want) in [("true", Some(auth.as_str())), ("false", None)] {
+            let auth_extra = format!("header = \"x-auth-token\"\nforward_token = {forward}");
+            let gw = Gateway::start(&config(env.jwks_url(), "", &auth_extra, &rest)).await;
+            let resp = raw(gw.addr, &raw_get("/book", "x", &headers)).await;
+            assert_eq!(resp.status, 200, "body {:?}", resp.body);
+            let r = env.books.last().expect("upstream reached");
+            assert_eq!(r.header("x-auth-token"), want, "forward_token = {forward}: {:?}", r.headers);
+            assert_eq!(r.header_all("x-auth-token").len(), usize::from(want.is_some()));
+            assert!(r.header("x_auth_token").is_none(), "{:?}", r.headers);
+            assert_eq!(r.header_all("x-auth-sub"), vec!["client-1"]);
+            gw.stop().await;
+        }
+    })
+    .await;
+}
