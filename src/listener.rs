@@ -70,6 +70,7 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, mut shutdown: wat
     // TLS or not is decided when the listener starts; certificates follow each snapshot.
     let mut tls = shared.snapshot.load().tls.clone();
     let limit = Arc::new(Semaphore::new(max));
+    let local = listener.local_addr().ok();
     let graceful = GracefulShutdown::new();
     loop {
         // Beyond `max_connections` new connections wait in the kernel's backlog.
@@ -118,7 +119,7 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, mut shutdown: wat
                         return;
                     }
                 };
-                let info = Arc::new(ConnInfo::new(remote, true));
+                let info = Arc::new(ConnInfo::new(remote, true).with_local(local));
                 let service =
                     service_fn(move |req| Box::pin(proxy::handle(Arc::clone(&shared_c), Arc::clone(&info), req)));
                 let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
@@ -128,7 +129,7 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, mut shutdown: wat
                 drop(permit);
             });
         } else {
-            let info = Arc::new(ConnInfo::new(remote, false));
+            let info = Arc::new(ConnInfo::new(remote, false).with_local(local));
             let service = service_fn(move |req| Box::pin(proxy::handle(Arc::clone(&shared_c), Arc::clone(&info), req)));
             let conn =
                 graceful.watch(builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned());

@@ -69,13 +69,21 @@ pub struct ConnInfo {
     pub tls: bool,
     /// The client address as an `x-forwarded-for` value, formatted once per connection.
     pub remote_ip: HeaderValue,
+    /// The port the client connected to, as an `x-forwarded-port` value; `None` when unknown.
+    pub local_port: Option<HeaderValue>,
 }
 
 impl ConnInfo {
     pub fn new(remote: SocketAddr, tls: bool) -> ConnInfo {
         let remote_ip =
             HeaderValue::from_str(&remote.ip().to_string()).unwrap_or_else(|_| HeaderValue::from_static("unknown"));
-        ConnInfo { remote, tls, remote_ip }
+        ConnInfo { remote, tls, remote_ip, local_port: None }
+    }
+
+    /// The listener's own address, for `x-forwarded-port`.
+    pub fn with_local(mut self, local: Option<SocketAddr>) -> ConnInfo {
+        self.local_port = local.map(|a| HeaderValue::from(a.port()));
+        self
     }
 }
 
@@ -250,7 +258,11 @@ async fn act(
     }
 }
 
-/// Header hygiene for the upstream request (SPEC §3.5).
+/// Header hygiene for the upstream request (SPEC §3.5). Client forwarding headers are
+/// either removed by `strip_request` or overwritten here: `x-forwarded-proto`,
+/// `x-forwarded-host`, `x-forwarded-port` and `x-real-ip` get the gateway's values, and
+/// `x-forwarded-for` gets the client address appended to every line the client sent (NGINX's
+/// `$proxy_add_x_forwarded_for`).
 fn rewrite_headers(
     snap: &Snapshot,
     conn: &ConnInfo,
@@ -260,25 +272,32 @@ fn rewrite_headers(
     principal: Option<&Principal>,
 ) {
     let auth = &snap.config.auth;
+    // A token header named like a stripped family (`x-auth-token`, say) still follows
+    // `forward_token`: the gateway has verified it (or the route is public, where the token
+    // header goes on like any other).
+    let token = (auth.forward_token && upstream::may_strip(&auth.header)).then(|| h.remove(&auth.header)).flatten();
     upstream::strip_request(h);
     // The client's Host names the gateway; the upstream gets its own (set from the URI).
     h.remove(header::HOST);
     if !auth.forward_token {
         h.remove(&auth.header);
     }
+    if let Some(token) = token {
+        h.insert(&auth.header, token);
+    }
     // Room for what is added below, so the map grows at most once.
-    h.reserve(5 + principal.map_or(0, |p| p.identity().count()));
-    let xff = match h.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prev) if !prev.trim().is_empty() => {
-            HeaderValue::from_str(&format!("{prev}, {}", conn.remote.ip())).unwrap_or_else(|_| conn.remote_ip.clone())
-        }
-        _ => conn.remote_ip.clone(),
-    };
+    h.reserve(7 + principal.map_or(0, |p| p.identity().count()));
+    let xff = forwarded_for(h, conn);
     h.insert(X_FORWARDED_FOR, xff);
+    h.insert(upstream::X_REAL_IP, conn.remote_ip.clone());
     h.insert(X_FORWARDED_PROTO, HeaderValue::from_static(if conn.tls { "https" } else { "http" }));
     match forwarded_host {
         Some(v) => h.insert(X_FORWARDED_HOST, v),
         None => h.remove(X_FORWARDED_HOST),
+    };
+    match &conn.local_port {
+        Some(port) => h.insert(upstream::X_FORWARDED_PORT, port.clone()),
+        None => h.remove(upstream::X_FORWARDED_PORT),
     };
     h.insert(X_REQUEST_ID, request_id.clone());
     if let (Some(p), true) = (principal, auth.identity_headers) {
@@ -286,6 +305,28 @@ fn rewrite_headers(
             h.insert(name, value.clone());
         }
     }
+}
+
+/// The incoming `x-forwarded-for` lines, joined, with the client address appended; a line
+/// that is blank or not text is left out.
+fn forwarded_for(h: &HeaderMap, conn: &ConnInfo) -> HeaderValue {
+    let mut prev = h
+        .get_all(&X_FORWARDED_FOR)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .peekable();
+    if prev.peek().is_none() {
+        return conn.remote_ip.clone();
+    }
+    let mut xff = String::new();
+    for v in prev {
+        xff.push_str(v);
+        xff.push_str(", ");
+    }
+    xff.push_str(conn.remote_ip.to_str().unwrap_or("unknown"));
+    HeaderValue::from_str(&xff).unwrap_or_else(|_| conn.remote_ip.clone())
 }
 
 async fn forward(snap: &Snapshot, upstream: &Upstream, mut req: Request<Incoming>) -> Result<Response<Body>, Reject> {

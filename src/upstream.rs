@@ -20,26 +20,62 @@ use crate::error::Reject;
 use crate::pool::{self, H1Pool, UpstreamBody};
 
 /// Hop-by-hop headers, RFC 9110 §7.6.1 (plus the legacy `keep-alive` and `proxy-connection`):
-/// they describe one connection and are never forwarded. Headers named in `Connection` are
-/// removed as well.
-static HOP_BY_HOP: [HeaderName; 8] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::PROXY_AUTHENTICATE,
-    header::PROXY_AUTHORIZATION,
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
+/// they describe one connection and are never forwarded, in either direction. Headers named in
+/// `Connection` are removed as well, and so is `Upgrade` unless the request is an upgrade.
+static HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
 ];
 
 /// Method-override headers let a client make a framework see another method than the one the
 /// route table authorized; they are never forwarded.
-static METHOD_OVERRIDES: [HeaderName; 3] = [
-    HeaderName::from_static("x-http-method-override"),
-    HeaderName::from_static("x-method-override"),
-    HeaderName::from_static("x-http-method"),
+static METHOD_OVERRIDES: [&str; 4] =
+    ["x-http-method-override", "x-method-override", "x-http-method", "x-original-method"];
+
+/// Forwarding headers with which a client could claim another origin (address, scheme, host,
+/// port or path) and which the gateway does not set: never forwarded. Every `x-forwarded-*`
+/// header but those in [`SET_BY_GATEWAY`] goes too. RFC 7239 `Forwarded` is not emitted: the
+/// upstream gets the `x-forwarded-*` family only, so it cannot see two versions of the origin.
+static FORWARDING: [&str; 20] = [
+    "forwarded",
+    "forwarded-for",
+    "x-forwarded",
+    "x-original-url",
+    "x-original-uri",
+    "x-original-host",
+    "x-original-forwarded-for",
+    "x-rewrite-url",
+    "x-host",
+    "x-scheme",
+    "x-url-scheme",
+    "front-end-https",
+    "x-real-port",
+    "x-client-ip",
+    "client-ip",
+    "true-client-ip",
+    "cf-connecting-ip",
+    "fastly-client-ip",
+    "x-cluster-client-ip",
+    "x-envoy-external-address",
 ];
+
+/// Set on every forwarded request by the gateway itself (`x-forwarded-for` appended to, a sane
+/// `x-request-id` kept): a client's other spellings of them are removed.
+static SET_BY_GATEWAY: [&str; 6] =
+    ["x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-forwarded-port", "x-real-ip", "x-request-id"];
+
+/// Prefixes of header families that only the gateway may fill in.
+const X_AUTH: &[u8] = b"x-auth-";
+const X_FORWARDED: &[u8] = b"x-forwarded-";
+
+pub const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+pub const X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
 
 pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, Incoming>;
 
@@ -205,17 +241,70 @@ pub fn is_upgrade(headers: &HeaderMap) -> bool {
             .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
 }
 
-/// True for a header name that the hygiene below may remove. Any header that `Connection`
+/// What the hygiene does with a header name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    /// [`HOP_BY_HOP`]: removed in both directions.
+    HopByHop,
+    /// `Upgrade`: hop-by-hop, but kept for an upgrade request.
+    Upgrade,
+    /// A claim of identity (`x-auth-*`), method or origin: removed from requests.
+    Spoofable,
+    /// [`SET_BY_GATEWAY`]: the gateway writes it; other spellings than its own are removed.
+    SetByGateway,
+}
+
+/// `name` (lower case, as `HeaderName` keeps it) equals `listed` with `_` read as `-`.
+fn eq_folded(name: &[u8], listed: &[u8]) -> bool {
+    name.len() == listed.len() && name.iter().zip(listed).all(|(&n, &l)| n == l || (n == b'_' && l == b'-'))
+}
+
+fn is_listed(name: &[u8], list: &[&str]) -> bool {
+    list.iter().any(|l| eq_folded(name, l.as_bytes()))
+}
+
+/// Classifies a header name, reading `_` as `-`: CGI and WSGI servers (PHP, Python's wsgiref,
+/// many FastCGI setups) hand `x_auth_sub` to the application as `HTTP_X_AUTH_SUB`, the very
+/// variable of `x-auth-sub`. Most names a request carries fail the first-byte test, and no
+/// name is copied or allocated.
+fn kind(name: &HeaderName) -> Option<Kind> {
+    let n = name.as_str().as_bytes();
+    // The first letters of every listed name and prefix.
+    if !matches!(n.first(), Some(b'c' | b'f' | b'k' | b'p' | b't' | b'u' | b'x')) {
+        return None;
+    }
+    if n.len() >= X_AUTH.len() && eq_folded(&n[..X_AUTH.len()], X_AUTH) {
+        Some(Kind::Spoofable)
+    } else if is_listed(n, &SET_BY_GATEWAY) {
+        Some(Kind::SetByGateway)
+    } else if is_listed(n, &HOP_BY_HOP) {
+        Some(Kind::HopByHop)
+    } else if n == b"upgrade" {
+        Some(Kind::Upgrade)
+    } else if is_listed(n, &METHOD_OVERRIDES)
+        || is_listed(n, &FORWARDING)
+        || (n.len() > X_FORWARDED.len() && eq_folded(&n[..X_FORWARDED.len()], X_FORWARDED))
+    {
+        Some(Kind::Spoofable)
+    } else {
+        None
+    }
+}
+
+/// True for a request header that the hygiene below removes. Any header that `Connection`
 /// names comes with a `Connection` header, which is itself on the list.
-fn may_strip(name: &HeaderName) -> bool {
-    HOP_BY_HOP.contains(name)
-        || METHOD_OVERRIDES.contains(name)
-        || name == header::UPGRADE
-        || name.as_str().starts_with("x-auth-")
+pub fn may_strip(name: &HeaderName) -> bool {
+    match kind(name) {
+        None => false,
+        // The gateway's own spelling is overwritten (or appended to) later.
+        Some(Kind::SetByGateway) => name.as_str().contains('_'),
+        Some(Kind::HopByHop | Kind::Upgrade | Kind::Spoofable) => true,
+    }
 }
 
 /// Request hygiene: hop-by-hop headers, those `Connection` names and those a client could use
-/// to claim an identity or another method go. Returns whether the request is an upgrade.
+/// to claim an identity, another method or another origin go, whatever the spelling
+/// (`x_auth_sub` like `x-auth-sub`). Returns whether the request is an upgrade.
 /// The common request has none of them, and then costs one pass over its header names.
 pub fn strip_request(headers: &mut HeaderMap) -> bool {
     if !headers.keys().any(may_strip) {
@@ -229,33 +318,44 @@ pub fn strip_request(headers: &mut HeaderMap) -> bool {
 
 /// Response hygiene: hop-by-hop headers and those `Connection` names go.
 pub fn strip_response(headers: &mut HeaderMap) {
-    if headers.keys().any(may_strip) {
+    if headers.keys().any(|k| matches!(kind(k), Some(Kind::HopByHop | Kind::Upgrade))) {
         strip_hop_by_hop(headers, false);
     }
+}
+
+/// Removes every header for which `doomed` is true.
+fn remove_where(headers: &mut HeaderMap, doomed: impl Fn(&HeaderName) -> bool) {
+    // Empty, and then not allocated, when nothing matches.
+    let names: Vec<HeaderName> = headers.keys().filter(|k| doomed(k)).cloned().collect();
+    for name in names {
+        headers.remove(name);
+    }
+}
+
+/// The header names listed in the `Connection` header, every line of it (a first line
+/// `keep-alive` says nothing about the next ones). `keep-alive` and `close` are connection
+/// options, not names to look for; a token that is not a header name is skipped, and so the
+/// rest of a line that is not UTF-8 still counts.
+fn connection_named(headers: &HeaderMap) -> Vec<HeaderName> {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .map(<[u8]>::trim_ascii)
+        .filter(|t| !t.is_empty() && !t.eq_ignore_ascii_case(b"keep-alive") && !t.eq_ignore_ascii_case(b"close"))
+        .filter_map(|t| HeaderName::from_bytes(t).ok())
+        .collect()
 }
 
 /// Removes hop-by-hop headers and those the `Connection` header names. For an upgrade the
 /// `Upgrade` header and `Connection: upgrade` are what the next hop needs, so they are kept.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
-    if let Some(conn) = headers.get(header::CONNECTION) {
-        if conn.as_bytes() != b"keep-alive" && conn.as_bytes() != b"close" {
-            let named: Vec<HeaderName> = headers
-                .get_all(header::CONNECTION)
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .flat_map(|v| v.split(','))
-                .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-                .collect();
-            for name in named {
-                if !(upgrade && name == header::UPGRADE) {
-                    headers.remove(name);
-                }
-            }
+    for name in connection_named(headers) {
+        if !(upgrade && name == header::UPGRADE) {
+            headers.remove(name);
         }
     }
-    for name in &HOP_BY_HOP {
-        headers.remove(name);
-    }
+    remove_where(headers, |k| kind(k) == Some(Kind::HopByHop));
     if upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     } else {
@@ -263,63 +363,112 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     }
 }
 
-/// Removes every header a client could use to claim an identity or another method.
+/// Removes every header a client could use to claim an identity, another method or another
+/// origin, and other spellings of those the gateway sets.
 pub fn strip_spoofable(headers: &mut HeaderMap) {
-    for name in &METHOD_OVERRIDES {
-        headers.remove(name);
-    }
-    if headers.keys().any(|k| k.as_str().starts_with("x-auth-")) {
-        let names: Vec<HeaderName> = headers.keys().filter(|k| k.as_str().starts_with("x-auth-")).cloned().collect();
-        for n in names {
-            headers.remove(n);
-        }
-    }
+    remove_where(headers, |k| match kind(k) {
+        Some(Kind::Spoofable) => true,
+        Some(Kind::SetByGateway) => k.as_str().contains('_'),
+        Some(Kind::HopByHop | Kind::Upgrade) | None => false,
+    });
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_bytes(v.as_bytes()).unwrap());
+        }
+        h
+    }
+
+    fn names(h: &HeaderMap) -> Vec<&str> {
+        let mut n: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        n.sort_unstable();
+        n
+    }
+
     #[test]
     fn hop_by_hop_and_connection_named_headers_go() {
-        let mut h = HeaderMap::new();
-        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, foo"));
-        h.insert("foo", HeaderValue::from_static("1"));
-        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
-        h.insert(header::TE, HeaderValue::from_static("trailers"));
-        h.insert(header::UPGRADE, HeaderValue::from_static("h2c"));
-        h.insert("x-keep", HeaderValue::from_static("1"));
+        let mut h = map(&[
+            ("connection", "keep-alive, foo"),
+            ("foo", "1"),
+            ("keep-alive", "timeout=5"),
+            ("te", "trailers"),
+            ("upgrade", "h2c"),
+            ("x-keep", "1"),
+        ]);
         strip_hop_by_hop(&mut h, false);
-        assert_eq!(h.len(), 1, "{h:?}");
-        assert!(h.contains_key("x-keep"));
+        assert_eq!(names(&h), ["x-keep"]);
+    }
+
+    #[test]
+    fn every_connection_line_counts() {
+        for first in ["keep-alive", "close", "Keep-Alive", "foo"] {
+            let mut h = map(&[
+                ("connection", first),
+                ("connection", "bar"),
+                ("connection", " , baz ,,qux"),
+                ("foo", "1"),
+                ("bar", "1"),
+                ("baz", "1"),
+                ("qux", "1"),
+                ("x-keep", "1"),
+            ]);
+            // A line that is not UTF-8 still names what it can.
+            h.append(header::CONNECTION, HeaderValue::from_bytes(b"quux, \xe9t\xe9").unwrap());
+            h.insert("quux", HeaderValue::from_static("1"));
+            let mut response = h.clone();
+            let kept: &[&str] = if first == "foo" { &["x-keep"] } else { &["foo", "x-keep"] };
+            assert!(!strip_request(&mut h));
+            assert_eq!(names(&h), kept, "request, first line {first:?}");
+            strip_response(&mut response);
+            assert_eq!(names(&response), kept, "response, first line {first:?}");
+        }
     }
 
     #[test]
     fn the_one_pass_check_sees_every_header_the_hygiene_removes() {
-        let names = HOP_BY_HOP.iter().chain(&METHOD_OVERRIDES).cloned().chain([
-            header::UPGRADE,
-            HeaderName::from_static("x-auth-sub"),
-            HeaderName::from_static("x-auth-anything"),
-        ]);
-        for name in names {
-            let mut h = HeaderMap::new();
-            h.insert(header::HOST, HeaderValue::from_static("a"));
-            h.insert(name.clone(), HeaderValue::from_static("v"));
+        let listed = HOP_BY_HOP.iter().chain(&METHOD_OVERRIDES).chain(&FORWARDING).copied();
+        let candidates: Vec<String> = listed
+            .chain(["upgrade", "x-auth-sub", "x-auth-anything", "x-forwarded-prefix", "x-forwarded-anything"])
+            .flat_map(|n| [n.to_owned(), n.replace('-', "_"), n.replacen('-', "_", 1)])
+            .chain(SET_BY_GATEWAY.iter().map(|n| n.replace('-', "_")))
+            .collect();
+        for name in candidates {
+            let name = HeaderName::from_bytes(name.as_bytes()).unwrap();
+            assert!(may_strip(&name), "{name} not seen");
+            let mut h = map(&[("host", "a"), (name.as_str(), "v")]);
             let _ = strip_request(&mut h);
-            assert_eq!(h.len(), 1, "{name} kept in a request");
+            assert_eq!(names(&h), ["host"], "{name} kept in a request");
             h.insert(name.clone(), HeaderValue::from_static("v"));
-            if name.as_str().starts_with("x-") {
-                continue; // identity and method headers are not hop-by-hop in a response
-            }
+            let hop_by_hop = name.as_str() == "upgrade" || is_listed(name.as_str().as_bytes(), &HOP_BY_HOP);
             strip_response(&mut h);
-            assert_eq!(h.len(), 1, "{name} kept in a response");
+            // Identity, method and origin headers are the upstream's business in a response.
+            assert_eq!(h.len(), if hop_by_hop { 1 } else { 2 }, "{name} in a response: {h:?}");
         }
-        let mut clean = HeaderMap::new();
-        clean.insert(header::HOST, HeaderValue::from_static("a"));
-        clean.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer x"));
-        clean.insert("x-authz", HeaderValue::from_static("kept"));
+        let mut clean = map(&[
+            ("host", "a"),
+            ("authorization", "Bearer x"),
+            ("x-authz", "kept"),
+            ("x_authz", "kept"),
+            ("content-type", "text/plain"),
+            ("x-custom_flag", "kept"),
+            ("user-agent", "kept"),
+            ("x-request-id", "kept"),
+            ("x-forwarded-for", "kept"),
+            ("x-forwarded-proto", "kept"),
+            ("x-real-ip", "kept"),
+            ("tea", "kept"),
+            ("x-host-name", "kept"),
+        ]);
+        let before = clean.clone();
+        assert!(!clean.keys().any(may_strip), "{clean:?}");
         assert!(!strip_request(&mut clean));
-        assert_eq!(clean.len(), 3);
+        assert_eq!(clean, before);
     }
 
     #[test]
@@ -334,13 +483,49 @@ mod tests {
     }
 
     #[test]
-    fn spoofable_headers_go() {
-        let mut h = HeaderMap::new();
-        for n in ["x-auth-sub", "x-auth-whatever", "x-http-method-override", "x-method-override", "x-http-method"] {
-            h.insert(HeaderName::from_static(n), HeaderValue::from_static("v"));
-        }
-        h.insert("x-authz", HeaderValue::from_static("kept"));
+    fn spoofable_headers_go_whatever_the_spelling() {
+        let mut h = map(&[
+            ("x-auth-sub", "v"),
+            ("x_auth_sub", "v"),
+            ("x-auth_scope", "v"),
+            ("x_auth-whatever", "v"),
+            ("x-http-method-override", "v"),
+            ("x_http_method_override", "v"),
+            ("x-method-override", "v"),
+            ("x-http-method", "v"),
+            ("forwarded", "v"),
+            ("x-original-url", "v"),
+            ("x_rewrite_url", "v"),
+            ("x-forwarded-prefix", "v"),
+            ("x_forwarded_server", "v"),
+            ("true-client-ip", "v"),
+            ("x_forwarded_for", "v"),
+            ("x_real_ip", "v"),
+            ("x_request_id", "v"),
+            // Set by the gateway later: its own spelling stays for now.
+            ("x-forwarded-for", "kept"),
+            ("x-forwarded-port", "kept"),
+            ("x-real-ip", "kept"),
+            ("x-request-id", "kept"),
+            ("x-authz", "kept"),
+            ("x_custom", "kept"),
+        ]);
         strip_spoofable(&mut h);
-        assert_eq!(h.len(), 1, "{h:?}");
+        assert_eq!(
+            names(&h),
+            ["x-authz", "x-forwarded-for", "x-forwarded-port", "x-real-ip", "x-request-id", "x_custom"],
+        );
+    }
+
+    #[test]
+    fn folding_reads_only_underscore_as_dash() {
+        assert!(eq_folded(b"x_auth_sub", b"x-auth-sub"));
+        assert!(eq_folded(b"x-auth-sub", b"x-auth-sub"));
+        assert!(!eq_folded(b"x-auth-sub", b"x_auth_sub"));
+        assert!(!eq_folded(b"x.auth.sub", b"x-auth-sub"));
+        assert!(!eq_folded(b"x_auth_su", b"x-auth-sub"));
+        assert_eq!(kind(&HeaderName::from_static("x_auth_")), Some(Kind::Spoofable));
+        assert_eq!(kind(&HeaderName::from_static("x_auth")), None);
+        assert_eq!(kind(&HeaderName::from_static("x_forwarded_")), None);
     }
 }

@@ -774,3 +774,275 @@ async fn upstream_connections_are_reused_and_closed_ones_replaced() {
     })
     .await;
 }
+
+/// A header name as a CGI/WSGI server reads it: `_` and `-` alike.
+fn folded(name: &str) -> String {
+    name.replace('_', "-").to_ascii_lowercase()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn underscore_spellings_of_stripped_and_gateway_set_headers_do_not_reach_the_upstream() {
+    bounded(30, async {
+        let env = Env::new("fwd-us").await;
+        let rest = format!(
+            "{}{}{}",
+            upstream_toml("books", &env.books.url),
+            route("/book", r#"["GET"]"#, "books"),
+            public_route("/public", "books"),
+        );
+        let gw = Gateway::start(&config(env.jwks_url(), "", "", &rest)).await;
+        let auth = format!("Bearer {}", env.token());
+        // Each would reach a CGI/WSGI application as the variable of the dashed name
+        // (`x_auth_sub` -> HTTP_X_AUTH_SUB), beside or instead of the gateway's value.
+        let spoofed: &[(&str, &str)] = &[
+            ("x_auth_sub", "admin"),
+            ("X_Auth_Scope", "API/admin"),
+            ("x_auth_client_id", "evil-client"),
+            ("x-auth_issuer", "https://evil.example"),
+            ("x_auth-anything", "evil-anything"),
+            ("x_http_method_override", "DELETE"),
+            ("x_method_override", "DELETE"),
+            ("X_HTTP_METHOD", "DELETE"),
+            ("x_forwarded_for", "6.6.6.6"),
+            ("x_forwarded_proto", "evil-proto"),
+            ("x_forwarded_host", "evil.example"),
+            ("x_forwarded_port", "6666"),
+            ("x_forwarded_prefix", "/evil"),
+            ("x_real_ip", "6.6.6.7"),
+            ("x_original_url", "/evil"),
+            ("true_client_ip", "6.6.6.8"),
+            ("x_request_id", "evil-id"),
+            ("keep_alive", "evil-timeout"),
+            ("proxy_authorization", "Basic ZXZpbDpldmls"),
+            ("transfer_encoding", "evil-chunked"),
+            ("x_custom_flag", "kept"),
+        ];
+        let mut headers = spoofed.to_vec();
+        headers.push(("Authorization", &auth));
+        let resp = raw(gw.addr, &raw_get("/book", "client.example", &headers)).await;
+        assert_eq!(resp.status, 200, "body {:?}", resp.body);
+        let r = env.books.last().expect("upstream reached");
+        let underscored: Vec<_> = r.headers.iter().filter(|(k, _)| k.contains('_')).collect();
+        // An underscore name the gateway neither strips nor sets is the application's business.
+        assert_eq!(underscored, [&("x_custom_flag".to_string(), "kept".to_string())], "{:?}", r.headers);
+        for (k, v) in &r.headers {
+            assert!(
+                !v.contains("evil") && !v.contains("6.6.6.") && v != "admin" && v != "API/admin" && v != "DELETE",
+                "client value {k}: {v:?} reached the upstream: {:?}",
+                r.headers
+            );
+        }
+        // On an authorized route the identity headers are the gateway's, once each.
+        assert_eq!(r.header_all("x-auth-sub"), vec!["client-1"]);
+        assert_eq!(r.header_all("x-auth-client-id"), vec!["client-1"]);
+        assert_eq!(r.header_all("x-auth-scope"), vec!["API/book.get API/book.post"]);
+        assert_eq!(r.header_all("x-auth-issuer"), vec![ISS]);
+        let mut identity: Vec<String> =
+            r.headers.iter().map(|(k, _)| folded(k)).filter(|k| k.starts_with("x-auth-")).collect();
+        identity.sort();
+        assert_eq!(identity, ["x-auth-client-id", "x-auth-issuer", "x-auth-scope", "x-auth-sub"]);
+        assert_eq!(r.header_all("x-forwarded-for"), vec!["127.0.0.1"]);
+        assert_eq!(r.header_all("x-forwarded-proto"), vec!["http"]);
+        assert_eq!(r.header_all("x-forwarded-host"), vec!["client.example"]);
+        assert_eq!(r.header_all("x-request-id").len(), 1, "{:?}", r.headers);
+
+        // A public route sets no identity: no spelling of x-auth-* reaches the upstream.
+        let resp = raw(gw.addr, &raw_get("/public", "client.example", spoofed)).await;
+        assert_eq!(resp.status, 200, "body {:?}", resp.body);
+        let r = env.books.last().unwrap();
+        assert_eq!(r.target, "/public");
+        let identity: Vec<_> = r.headers.iter().filter(|(k, _)| folded(k).starts_with("x-auth-")).collect();
+        assert!(identity.is_empty(), "identity headers on a public route: {:?}", r.headers);
+        assert!(r.headers.iter().all(|(_, v)| !v.contains("evil") && v != "DELETE"), "{:?}", r.headers);
+        gw.stop().await;
+    })
+    .await;
+}
+
+/// Forwarding headers the gateway does not set: a client's value never reaches the upstream.
+const STRIPPED_FORWARDING: [&str; 21] = [
+    "Forwarded",
+    "X-Original-URL",
+    "X-Rewrite-URL",
+    "X-Forwarded-Prefix",
+    "X-Forwarded-Server",
+    "X-Forwarded-Scheme",
+    "X-Forwarded-Ssl",
+    "X-Forwarded-Uri",
+    "X-Forwarded-By",
+    "X-Host",
+    "X-Url-Scheme",
+    "Front-End-Https",
+    "X-Original-Host",
+    "X-Original-URI",
+    "X-Original-Forwarded-For",
+    "X-Client-IP",
+    "Client-IP",
+    "True-Client-IP",
+    "CF-Connecting-IP",
+    "Fastly-Client-IP",
+    "X-Cluster-Client-IP",
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_forwarding_headers_are_stripped_or_overwritten() {
+    bounded(30, async {
+        let env = Env::new("fwd-fh").await;
+        let rest = format!("{}{}", upstream_toml("books", &env.books.url), public_route("/public", "books"));
+        let gw = Gateway::start(&config(env.jwks_url(), "", "", &rest)).await;
+        let mut headers: Vec<(&str, &str)> = STRIPPED_FORWARDING.iter().map(|n| (*n, "evil-origin")).collect();
+        headers.extend([
+            ("Forwarded", "for=6.6.6.6;proto=https;host=evil.example"),
+            ("X-Real-IP", "6.6.6.6"),
+            ("X-Forwarded-Port", "6666"),
+            ("X-Forwarded-Proto", "https"),
+            ("X-Forwarded-Host", "evil.example"),
+            // Appended to, like NGINX's $proxy_add_x_forwarded_for; every line counts.
+            ("X-Forwarded-For", "198.51.100.7"),
+            ("X-Forwarded-For", "203.0.113.9"),
+            ("X-Keep-Me", "yes"),
+        ]);
+        let resp = raw(gw.addr, &raw_get("/public", "client.example:8443", &headers)).await;
+        assert_eq!(resp.status, 200, "body {:?}", resp.body);
+        let r = env.books.last().expect("upstream reached");
+        for name in STRIPPED_FORWARDING {
+            assert!(r.header(name).is_none(), "{name} forwarded: {:?}", r.headers);
+        }
+        for (k, v) in &r.headers {
+            assert!(!v.contains("evil") && !v.contains("6.6.6.6"), "client value {k}: {v:?} forwarded");
+        }
+        assert_eq!(r.header_all("x-real-ip"), vec!["127.0.0.1"]);
+        let port = gw.addr.port().to_string();
+        assert_eq!(r.header_all("x-forwarded-port"), vec![port.as_str()]);
+        assert_eq!(r.header_all("x-forwarded-proto"), vec!["http"]);
+        assert_eq!(r.header_all("x-forwarded-host"), vec!["client.example:8443"]);
+        assert_eq!(r.header_all("x-forwarded-for"), vec!["198.51.100.7, 203.0.113.9, 127.0.0.1"]);
+        assert_eq!(r.header("x-keep-me"), Some("yes"));
+
+        // Without any client forwarding header, the same values are set.
+        let resp = raw(gw.addr, &raw_get("/public", "client.example", &[])).await;
+        assert_eq!(resp.status, 200, "body {:?}", resp.body);
+        let r = env.books.last().unwrap();
+        assert_eq!(r.header_all("x-real-ip"), vec!["127.0.0.1"]);
+        assert_eq!(r.header_all("x-forwarded-port"), vec![port.as_str()]);
+        assert_eq!(r.header_all("x-forwarded-for"), vec!["127.0.0.1"]);
+        assert!(r.header("forwarded").is_none(), "{:?}", r.headers);
+        gw.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_connection_line_of_a_request_counts() {
+    bounded(30, async {
+        let env = Env::new("fwd-cr").await;
+        let rest = format!("{}{}", upstream_toml("books", &env.books.url), public_route("/public", "books"));
+        let gw = Gateway::start(&config(env.jwks_url(), "", "", &rest)).await;
+        let mut req = b"GET /public HTTP/1.1\r\n\
+            Host: client.example\r\n\
+            Connection: keep-alive\r\n\
+            Connection: x-hop\r\n\
+            Connection: close, X-Hop-Two\r\n\
+            Connection: x-hop-three, "
+            .to_vec();
+        // A line that is not valid UTF-8 still names what it can.
+        req.extend_from_slice(b"\xe9t\xe9\r\n");
+        req.extend_from_slice(
+            b"X-Hop: secret-1\r\n\
+              X-Hop-Two: secret-2\r\n\
+              X-Hop-Three: secret-3\r\n\
+              X-Keep-Me: yes\r\n\r\n",
+        );
+        let resp = raw(gw.addr, &req).await;
+        assert_eq!(resp.status, 200, "body {:?}", resp.body);
+        let r = env.books.last().expect("upstream reached");
+        for name in ["x-hop", "x-hop-two", "x-hop-three"] {
+            assert!(r.header(name).is_none(), "{name}, named in a later Connection line, forwarded: {:?}", r.headers);
+        }
+        assert!(r.headers.iter().all(|(_, v)| !v.contains("secret")), "{:?}", r.headers);
+        assert_eq!(r.header("x-keep-me"), Some("yes"), "{:?}", r.headers);
+        gw.stop().await;
+    })
+    .await;
+}
+
+/// A raw-TCP upstream that answers every request head with `resp`, on a kept-alive connection.
+async fn scripted_upstream(resp: &'static [u8]) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    let (listener, addr) = bind_local().await;
+    let task = tokio::spawn(async move {
+        let mut conns = tokio::task::JoinSet::new();
+        while let Ok((mut s, _)) = listener.accept().await {
+            conns.spawn(async move {
+                let mut seen = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                        seen.drain(..end + 4);
+                        if s.write_all(resp).await.is_err() {
+                            return;
+                        }
+                    }
+                    match s.read(&mut chunk).await {
+                        Ok(n) if n > 0 => seen.extend_from_slice(&chunk[..n]),
+                        _ => return,
+                    }
+                }
+            });
+        }
+    });
+    (addr, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_connection_line_of_a_response_counts() {
+    bounded(30, async {
+        let env = Env::new("fwd-cs").await;
+        let (addr, task) = scripted_upstream(
+            b"HTTP/1.1 200 OK\r\n\
+              Connection: keep-alive\r\n\
+              Connection: x-hop\r\n\
+              Connection: x-hop-two\r\n\
+              X-Hop: secret-1\r\n\
+              X-Hop-Two: secret-2\r\n\
+              X-Keep-Me: yes\r\n\
+              Content-Length: 2\r\n\r\nok",
+        )
+        .await;
+        let rest = format!("{}{}", upstream_toml("raw", &format!("http://{addr}")), public_route("/public", "raw"));
+        let gw = Gateway::start(&config(env.jwks_url(), "", "", &rest)).await;
+        for _ in 0..2 {
+            let resp = raw(gw.addr, &raw_get("/public", "client.example", &[])).await;
+            assert_eq!((resp.status, resp.body.as_str()), (200, "ok"));
+            for name in ["x-hop", "x-hop-two"] {
+                assert!(resp.header(name).is_none(), "{name} forwarded to the client: {:?}", resp.headers);
+            }
+            assert_eq!(resp.header("x-keep-me"), Some("yes"), "{:?}", resp.headers);
+        }
+        gw.stop().await;
+        task.abort();
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_header_named_like_a_stripped_family_follows_forward_token() {
+    bounded(30, async {
+        let env = Env::new("fwd-th").await;
+        let rest = format!("{}{}", upstream_toml("books", &env.books.url), route("/book", r#"["GET"]"#, "books"));
+        let auth = format!("Bearer {}", env.token());
+        let headers = [("X-Auth-Token", auth.as_str()), ("x_auth_token", "evil-token")];
+        for (forward, want) in [("true", Some(auth.as_str())), ("false", None)] {
+            let auth_extra = format!("header = \"x-auth-token\"\nforward_token = {forward}");
+            let gw = Gateway::start(&config(env.jwks_url(), "", &auth_extra, &rest)).await;
+            let resp = raw(gw.addr, &raw_get("/book", "x", &headers)).await;
+            assert_eq!(resp.status, 200, "body {:?}", resp.body);
+            let r = env.books.last().expect("upstream reached");
+            assert_eq!(r.header("x-auth-token"), want, "forward_token = {forward}: {:?}", r.headers);
+            assert_eq!(r.header_all("x-auth-token").len(), usize::from(want.is_some()));
+            assert!(r.header("x_auth_token").is_none(), "{:?}", r.headers);
+            assert_eq!(r.header_all("x-auth-sub"), vec!["client-1"]);
+            gw.stop().await;
+        }
+    })
+    .await;
+}
