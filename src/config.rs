@@ -287,6 +287,8 @@ pub struct Config {
     pub upstreams: Vec<UpstreamConfig>,
     pub routes: Vec<RouteConfig>,
     pub issuer: Option<BuiltinIssuerConfig>,
+    /// Legal but risky settings, printed by `scopegate check` as `FILE:LINE:COL: warning: ...`.
+    pub warnings: Vec<Diag>,
 }
 
 /// The built-in client-credentials issuer (`[issuer]`).
@@ -464,7 +466,7 @@ impl Config {
         let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
         let config = validate(raw, path, &base, &mut diags);
         if diags.list.is_empty() {
-            let config = config.expect("validate returns a config whenever it reports no problem");
+            let mut config = config.expect("validate returns a config whenever it reports no problem");
             // The route table reports overlaps with positions, so it is built as part of
             // validation: a config that loads always compiles.
             if let Err(errs) = crate::route::Table::build(&config.routes) {
@@ -473,6 +475,7 @@ impl Config {
                 }
                 return Err(ConfigError(diags.list));
             }
+            config.warnings = shadow_warnings(&config.routes, path, text);
             Ok(config)
         } else {
             Err(ConfigError(diags.list))
@@ -579,7 +582,7 @@ fn validate(raw: RawConfig, path: &Path, base: &Path, d: &mut Diags<'_>) -> Opti
         Some(b) => validate_builtin(b, base, &auth, d).map(Some),
     };
     let (server, auth, issuer) = (server?, auth?, issuer?);
-    Some(Config { path: path.to_owned(), server, log, auth, upstreams, routes, issuer })
+    Some(Config { path: path.to_owned(), server, log, auth, upstreams, routes, issuer, warnings: Vec::new() })
 }
 
 fn validate_builtin(
@@ -971,7 +974,9 @@ fn validate_route(r: Spanned<RawRoute>, upstreams: &[UpstreamConfig], d: &mut Di
                 let name = &m.get_ref().0;
                 if name == "ANY" {
                     any = true;
-                } else if name.bytes().all(|b| b.is_ascii_uppercase()) && !name.is_empty() {
+                } else if !name.is_empty() && !name.bytes().any(|b| b.is_ascii_lowercase()) {
+                    // Requests with a lower-case letter in the method are refused, so a route
+                    // method is an upper-case token (`Method::from_bytes` checks the token).
                     match Method::from_bytes(name.as_bytes()) {
                         Ok(method) if !only.contains(&method) => only.push(method),
                         Ok(_) => {}
@@ -1041,6 +1046,79 @@ fn validate_route(r: Spanned<RawRoute>, upstreams: &[UpstreamConfig], d: &mut Di
     };
     let action = action?;
     ok.then_some(RouteConfig { path, methods, auth, action, span })
+}
+
+/// One warning per route that sits beneath routes with a stronger policy: its template shares
+/// paths with theirs and loses them by precedence, so a path near theirs that the table does not
+/// match exactly (`/admin.json` or `/admin/x` next to `/admin`) is served under its weaker policy.
+fn shadow_warnings(routes: &[RouteConfig], file: &Path, text: &str) -> Vec<Diag> {
+    let mut shadowed: Vec<Vec<usize>> = vec![Vec::new(); routes.len()];
+    for (broad, narrow) in crate::route::beneath(routes) {
+        let (b, n) = (&routes[broad], &routes[narrow]);
+        if methods_meet(&b.methods, &n.methods) && !implies(&b.auth, &n.auth) {
+            shadowed[broad].push(narrow);
+        }
+    }
+    let label = |r: &RouteConfig| {
+        let methods = match &r.methods {
+            Methods::Any => "ANY".to_owned(),
+            Methods::Only(m) => m.iter().map(Method::as_str).collect::<Vec<_>>().join(","),
+        };
+        format!("{methods} {:?}", r.path)
+    };
+    let mut out = Vec::new();
+    for (broad, narrow) in shadowed.iter().enumerate() {
+        if narrow.is_empty() {
+            continue;
+        }
+        let b = &routes[broad];
+        let kind = if b.auth == RouteAuth::None { "public route" } else { "route" };
+        let names: Vec<String> = narrow
+            .iter()
+            .map(|&n| format!("{} (line {})", label(&routes[n]), line_col(text, routes[n].span.start).0))
+            .collect();
+        out.push(Diag {
+            file: file.to_owned(),
+            pos: Some(line_col(text, b.span.start)),
+            message: format!(
+                "warning: {kind} {} sits beneath {} with a stronger policy: {}; requests for nearby paths that the table \
+                 does not match exactly (a suffix such as \".json\", a further segment) get this route's weaker \
+                 policy, even where the upstream serves them as the protected path",
+                label(b),
+                if narrow.len() == 1 { "a route" } else { "routes" },
+                names.join(", "),
+            ),
+        });
+    }
+    out
+}
+
+/// Whether two routes can take the same method (HEAD is checked as GET).
+fn methods_meet(a: &Methods, b: &Methods) -> bool {
+    let fold = |m: &Method| if m == Method::HEAD { Method::GET } else { m.clone() };
+    match (a, b) {
+        (Methods::Any, _) | (_, Methods::Any) => true,
+        (Methods::Only(x), Methods::Only(y)) => x.iter().any(|m| y.iter().any(|n| fold(m) == fold(n))),
+    }
+}
+
+/// Whether every request that `a`'s policy accepts is also accepted by `b`'s (`a` is at least as
+/// strict as `b`). Decided from the scope lists alone, without knowing which scopes exist.
+fn implies(a: &RouteAuth, b: &RouteAuth) -> bool {
+    match (a, b) {
+        (_, RouteAuth::None) => true,
+        (RouteAuth::None, RouteAuth::Jwt { .. }) => false,
+        (RouteAuth::Jwt { any_of: a_any, all_of: a_all }, RouteAuth::Jwt { any_of: b_any, all_of: b_all }) => {
+            // Scopes every token accepted by `a` has: its all-of, and its any-of when that has
+            // only one choice.
+            let forced = |s: &String| a_all.contains(s) || (a_any.len() == 1 && a_any.contains(s));
+            let all_ok = b_all.iter().all(forced);
+            let any_ok = b_any.is_empty()
+                || b_any.iter().any(forced)
+                || (!a_any.is_empty() && a_any.iter().all(|s| b_any.contains(s)));
+            all_ok && any_ok
+        }
+    }
 }
 
 fn validate_mock(m: Spanned<RawMock>, d: &mut Diags<'_>) -> Option<MockResponse> {
@@ -1125,6 +1203,24 @@ mod tests {
         assert_eq!(c.auth.leeway, Duration::from_secs(60));
         assert_eq!(c.auth.cache_entries, 65536);
         assert!(c.auth.forward_token && c.auth.identity_headers);
+    }
+
+    #[test]
+    fn scope_requirements_compare_by_strictness() {
+        let jwt = |any: &[&str], all: &[&str]| RouteAuth::Jwt {
+            any_of: any.iter().map(|s| (*s).to_owned()).collect(),
+            all_of: all.iter().map(|s| (*s).to_owned()).collect(),
+        };
+        let admin = jwt(&["a"], &[]);
+        assert!(implies(&admin, &admin));
+        assert!(implies(&admin, &RouteAuth::None));
+        assert!(!implies(&RouteAuth::None, &admin));
+        assert!(!implies(&jwt(&[], &[]), &admin));
+        assert!(implies(&jwt(&[], &["a", "b"]), &admin));
+        assert!(implies(&jwt(&["a"], &["b"]), &jwt(&[], &["a", "b"])));
+        assert!(!implies(&jwt(&["a", "c"], &[]), &admin));
+        assert!(implies(&jwt(&["a", "c"], &[]), &jwt(&["a", "b", "c"], &[])));
+        assert!(!implies(&jwt(&["a", "c"], &[]), &jwt(&[], &["a"])));
     }
 
     #[test]

@@ -94,6 +94,10 @@ fn main() -> ExitCode {
         Some(Command::Check) => match Config::load(&cli.config) {
             Ok(c) => {
                 print!("{}", c.summary());
+                // Positioned like errors; a config with warnings is still valid (exit 0).
+                for w in &c.warnings {
+                    eprintln!("{w}");
+                }
                 ExitCode::SUCCESS
             }
             Err(e) => {
