@@ -287,8 +287,6 @@ pub struct Config {
     pub upstreams: Vec<UpstreamConfig>,
     pub routes: Vec<RouteConfig>,
     pub issuer: Option<BuiltinIssuerConfig>,
-    /// Legal but risky settings, printed by `scopegate check` as `FILE:LINE:COL: warning: ...`.
-    pub warnings: Vec<Diag>,
 }
 
 /// The built-in client-credentials issuer (`[issuer]`).
@@ -449,6 +447,18 @@ impl Config {
         Config::parse(path, &text)
     }
 
+    /// What `scopegate check` runs: [`Config::load`], plus the warnings about legal but risky
+    /// settings (`FILE:LINE:COL: warning: ...`). They are computed here only, not on every load:
+    /// comparing every pair of routes is quadratic, and a reload of a large table must stay cheap.
+    pub fn check(path: &Path) -> Result<(Config, Vec<Diag>), ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigError(vec![Diag { file: path.to_owned(), pos: None, message: format!("cannot read: {e}") }])
+        })?;
+        let config = Config::parse(path, &text)?;
+        let warnings = shadow_warnings(&config.routes, path, &text);
+        Ok((config, warnings))
+    }
+
     /// Parses and validates `text` as if read from `path`.
     pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         let mut diags = Diags { file: path, text, list: Vec::new() };
@@ -466,7 +476,7 @@ impl Config {
         let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
         let config = validate(raw, path, &base, &mut diags);
         if diags.list.is_empty() {
-            let mut config = config.expect("validate returns a config whenever it reports no problem");
+            let config = config.expect("validate returns a config whenever it reports no problem");
             // The route table reports overlaps with positions, so it is built as part of
             // validation: a config that loads always compiles.
             if let Err(errs) = crate::route::Table::build(&config.routes) {
@@ -475,7 +485,6 @@ impl Config {
                 }
                 return Err(ConfigError(diags.list));
             }
-            config.warnings = shadow_warnings(&config.routes, path, text);
             Ok(config)
         } else {
             Err(ConfigError(diags.list))
@@ -582,7 +591,7 @@ fn validate(raw: RawConfig, path: &Path, base: &Path, d: &mut Diags<'_>) -> Opti
         Some(b) => validate_builtin(b, base, &auth, d).map(Some),
     };
     let (server, auth, issuer) = (server?, auth?, issuer?);
-    Some(Config { path: path.to_owned(), server, log, auth, upstreams, routes, issuer, warnings: Vec::new() })
+    Some(Config { path: path.to_owned(), server, log, auth, upstreams, routes, issuer })
 }
 
 fn validate_builtin(
