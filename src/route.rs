@@ -8,11 +8,12 @@
 //! one or more trailing segments. They compile into a trie of segments, so lookup cost depends on
 //! the depth of the path, not on the number of routes.
 //!
-//! Matching is done on a folded key, because the upstreams behind a gateway are lenient: many
-//! frameworks route `/ADMIN` (ASP.NET, IIS) and `/admin/` (Spring, Express, Flask with
-//! `strict_slashes=False`...) to the handler of `/admin`, serve HEAD with the GET handler, and
-//! Tomcat and Spring drop `;` path parameters. A spelling that the upstream treats as a protected
-//! template must therefore meet that template's policy, never fall through to a broader route:
+//! Matching is done on a folded key, because the upstreams behind a gateway are lenient: Express
+//! (by default) and ASP.NET Core route `/ADMIN` to the handler of `/admin`, Express and Spring MVC
+//! before 6 do the same for `/admin/`, Express, Spring, Flask and Go's `net/http` serve HEAD with
+//! the GET handler, and Tomcat and Spring drop `;` path parameters. A spelling that the upstream
+//! treats as a protected template must therefore meet that template's policy, never fall through
+//! to a broader route:
 //!
 //! - literal segments compare ASCII case-insensitively (parameters are not compared at all);
 //! - one trailing slash is ignored (`/admin/` matches `/admin`);
