@@ -632,6 +632,18 @@ impl Config {
         Config::parse(path, &text)
     }
 
+    /// What `scopegate check` runs: [`Config::load`], plus the warnings about legal but risky
+    /// settings (`FILE:LINE:COL: warning: ...`). They are computed here only, not on every load:
+    /// comparing every pair of routes is quadratic, and a reload of a large table must stay cheap.
+    pub fn check(path: &Path) -> Result<(Config, Vec<Diag>), ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigError(vec![Diag { file: path.to_owned(), pos: None, message: format!("cannot read: {e}") }])
+        })?;
+        let config = Config::parse(path, &text)?;
+        let warnings = shadow_warnings(&config.routes, path, &text);
+        Ok((config, warnings))
+    }
+
     /// Parses and validates `text` as if read from `path`.
     pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         let mut diags = Diags { file: path, text, list: Vec::new() };
@@ -1156,7 +1168,9 @@ fn validate_route(r: Spanned<RawRoute>, upstreams: &[UpstreamConfig], d: &mut Di
                 let name = &m.get_ref().0;
                 if name == "ANY" {
                     any = true;
-                } else if name.bytes().all(|b| b.is_ascii_uppercase()) && !name.is_empty() {
+                } else if !name.is_empty() && !name.bytes().any(|b| b.is_ascii_lowercase()) {
+                    // Requests with a lower-case letter in the method are refused, so a route
+                    // method is an upper-case token (`Method::from_bytes` checks the token).
                     match Method::from_bytes(name.as_bytes()) {
                         Ok(method) if !only.contains(&method) => only.push(method),
                         Ok(_) => {}
@@ -1226,6 +1240,79 @@ fn validate_route(r: Spanned<RawRoute>, upstreams: &[UpstreamConfig], d: &mut Di
     };
     let action = action?;
     ok.then_some(RouteConfig { path, methods, auth, action, span })
+}
+
+/// One warning per route that sits beneath routes with a stronger policy: its template shares
+/// paths with theirs and loses them by precedence, so a path near theirs that the table does not
+/// match exactly (`/admin.json` or `/admin/x` next to `/admin`) is served under its weaker policy.
+fn shadow_warnings(routes: &[RouteConfig], file: &Path, text: &str) -> Vec<Diag> {
+    let mut shadowed: Vec<Vec<usize>> = vec![Vec::new(); routes.len()];
+    for (broad, narrow) in crate::route::beneath(routes) {
+        let (b, n) = (&routes[broad], &routes[narrow]);
+        if methods_meet(&b.methods, &n.methods) && !implies(&b.auth, &n.auth) {
+            shadowed[broad].push(narrow);
+        }
+    }
+    let label = |r: &RouteConfig| {
+        let methods = match &r.methods {
+            Methods::Any => "ANY".to_owned(),
+            Methods::Only(m) => m.iter().map(Method::as_str).collect::<Vec<_>>().join(","),
+        };
+        format!("{methods} {:?}", r.path)
+    };
+    let mut out = Vec::new();
+    for (broad, narrow) in shadowed.iter().enumerate() {
+        if narrow.is_empty() {
+            continue;
+        }
+        let b = &routes[broad];
+        let kind = if b.auth == RouteAuth::None { "public route" } else { "route" };
+        let names: Vec<String> = narrow
+            .iter()
+            .map(|&n| format!("{} (line {})", label(&routes[n]), line_col(text, routes[n].span.start).0))
+            .collect();
+        out.push(Diag {
+            file: file.to_owned(),
+            pos: Some(line_col(text, b.span.start)),
+            message: format!(
+                "warning: {kind} {} sits beneath {} with a stronger policy: {}; requests for nearby paths that the table \
+                 does not match exactly (a suffix such as \".json\", a further segment) get this route's weaker \
+                 policy, even where the upstream serves them as the protected path",
+                label(b),
+                if narrow.len() == 1 { "a route" } else { "routes" },
+                names.join(", "),
+            ),
+        });
+    }
+    out
+}
+
+/// Whether two routes can take the same method (HEAD is checked as GET).
+fn methods_meet(a: &Methods, b: &Methods) -> bool {
+    let fold = |m: &Method| if m == Method::HEAD { Method::GET } else { m.clone() };
+    match (a, b) {
+        (Methods::Any, _) | (_, Methods::Any) => true,
+        (Methods::Only(x), Methods::Only(y)) => x.iter().any(|m| y.iter().any(|n| fold(m) == fold(n))),
+    }
+}
+
+/// Whether every request that `a`'s policy accepts is also accepted by `b`'s (`a` is at least as
+/// strict as `b`). Decided from the scope lists alone, without knowing which scopes exist.
+fn implies(a: &RouteAuth, b: &RouteAuth) -> bool {
+    match (a, b) {
+        (_, RouteAuth::None) => true,
+        (RouteAuth::None, RouteAuth::Jwt { .. }) => false,
+        (RouteAuth::Jwt { any_of: a_any, all_of: a_all }, RouteAuth::Jwt { any_of: b_any, all_of: b_all }) => {
+            // Scopes every token accepted by `a` has: its all-of, and its any-of when that has
+            // only one choice.
+            let forced = |s: &String| a_all.contains(s) || (a_any.len() == 1 && a_any.contains(s));
+            let all_ok = b_all.iter().all(forced);
+            let any_ok = b_any.is_empty()
+                || b_any.iter().any(forced)
+                || (!a_any.is_empty() && a_any.iter().all(|s| b_any.contains(s)));
+            all_ok && any_ok
+        }
+    }
 }
 
 fn validate_mock(m: Spanned<RawMock>, d: &mut Diags<'_>) -> Option<MockResponse> {
@@ -1311,6 +1398,24 @@ mod tests {
         assert_eq!(c.auth.leeway, Duration::from_secs(60));
         assert_eq!(c.auth.cache_entries, 65536);
         assert!(c.auth.forward_token && c.auth.identity_headers);
+    }
+
+    #[test]
+    fn scope_requirements_compare_by_strictness() {
+        let jwt = |any: &[&str], all: &[&str]| RouteAuth::Jwt {
+            any_of: any.iter().map(|s| (*s).to_owned()).collect(),
+            all_of: all.iter().map(|s| (*s).to_owned()).collect(),
+        };
+        let admin = jwt(&["a"], &[]);
+        assert!(implies(&admin, &admin));
+        assert!(implies(&admin, &RouteAuth::None));
+        assert!(!implies(&RouteAuth::None, &admin));
+        assert!(!implies(&jwt(&[], &[]), &admin));
+        assert!(implies(&jwt(&[], &["a", "b"]), &admin));
+        assert!(implies(&jwt(&["a"], &["b"]), &jwt(&[], &["a", "b"])));
+        assert!(!implies(&jwt(&["a", "c"], &[]), &admin));
+        assert!(implies(&jwt(&["a", "c"], &[]), &jwt(&["a", "b", "c"], &[])));
+        assert!(!implies(&jwt(&["a", "c"], &[]), &jwt(&[], &["a"])));
     }
 
     #[test]

@@ -93,9 +93,13 @@ fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuar
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Some(Command::Check) => match Config::load(&cli.config) {
-            Ok(c) => {
+        Some(Command::Check) => match Config::check(&cli.config) {
+            Ok((c, warnings)) => {
                 print!("{}", c.summary());
+                // Positioned like errors; a config with warnings is still valid (exit 0).
+                for w in &warnings {
+                    eprintln!("{w}");
+                }
                 ExitCode::SUCCESS
             }
             Err(e) => {

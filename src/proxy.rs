@@ -177,6 +177,25 @@ fn head_size(parts: &Parts) -> usize {
     parts.headers.iter().fold(line, |n, (k, v)| n + k.as_str().len() + v.len() + 4)
 }
 
+/// RFC 9112 §3.2: an HTTP/1.1 request carries exactly one `Host` unless its target is in
+/// absolute form (which carries the host itself); no request may carry two. HTTP/1.0 may omit it,
+/// and HTTP/2's `:authority` arrives in the URI.
+fn host_is_sound(parts: &Parts) -> bool {
+    let mut hosts = parts.headers.get_all(header::HOST).iter();
+    let first = hosts.next();
+    if hosts.next().is_some() {
+        return false;
+    }
+    first.is_some() || parts.version != http::Version::HTTP_11 || parts.uri.authority().is_some()
+}
+
+/// Method names are case-sensitive (RFC 9110 §9.1) and every standard one is upper case, but
+/// upstream frameworks upper-case what they receive: `get` would be routed as GET upstream while
+/// the table saw an unknown method. A method with a lower-case letter is refused.
+fn method_is_upper_case(method: &http::Method) -> bool {
+    !method.as_str().bytes().any(|b| b.is_ascii_lowercase())
+}
+
 /// Every check of SPEC §3 in order; for a request to forward, also the URI rewrite and the
 /// header hygiene. Touches nothing but `parts`, so it can be measured without a network.
 pub async fn decide<'s>(
@@ -189,6 +208,9 @@ pub async fn decide<'s>(
     let cfg = &snap.config;
     if head_size(parts) > cfg.server.max_header_bytes {
         return Err(Reject::HeaderTooLarge);
+    }
+    if !host_is_sound(parts) || !method_is_upper_case(&parts.method) {
+        return Err(Reject::BadRequest);
     }
     let path = route::normalize(parts.uri.path()).map_err(|_| Reject::BadRequest)?;
     if let Cow::Owned(p) = &path {

@@ -7,6 +7,26 @@
 //! Templates use API Gateway syntax: literal segments, `{name}` for one segment, `{name+}` for
 //! one or more trailing segments. They compile into a trie of segments, so lookup cost depends on
 //! the depth of the path, not on the number of routes.
+//!
+//! Matching is done on a folded key, because the upstreams behind a gateway are lenient: Express
+//! (by default) and ASP.NET Core route `/ADMIN` to the handler of `/admin`, Express and Spring MVC
+//! before 6 do the same for `/admin/`, Express, Spring, Flask and Go's `net/http` serve HEAD with
+//! the GET handler, and Tomcat and Spring drop `;` path parameters. A spelling that the upstream
+//! treats as a protected template must therefore meet that template's policy, never fall through
+//! to a broader route:
+//!
+//! - literal segments compare ASCII case-insensitively (parameters are not compared at all);
+//! - one trailing slash is ignored (`/admin/` matches `/admin`);
+//! - `;` and `%3B` in the path are refused (400) rather than stripped: Tomcat turns
+//!   `/public/..;/admin` into `/admin` *after* dot-segment removal, so stripping parameters in the
+//!   gateway could not agree with it; refusing leaves one spelling per path (Spring Security's
+//!   default firewall refuses the same characters, so such apps never saw them anyway);
+//! - the path alone picks the template (most specific first); the method then picks among that
+//!   template's routes. No route for the method: 405, never a broader template;
+//! - HEAD is checked as GET when the template has no explicit HEAD route.
+//!
+//! The upstream still receives the normalized path as the client wrote it (`/ADMIN`, `/admin/`):
+//! only the policy comes from the folded match.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -20,7 +40,7 @@ use crate::config::{Methods, RouteConfig, Span};
 pub enum PathError {
     NotAbsolute,
     BadPercentEncoding,
-    /// `%2F`, `%5C`, `%00` or a raw `\`.
+    /// `%2F`, `%5C`, `%00`, a raw `\`, or a path parameter separator (`;` or `%3B`).
     ForbiddenCharacter,
     /// A `..` that climbs above the root.
     AboveRoot,
@@ -41,7 +61,8 @@ const fn hex(b: u8) -> Option<u8> {
 
 /// Normalizes a request path (no query): decodes percent-encoded unreserved characters,
 /// upper-cases the hex of the other escapes, removes `.` and `..` segments (RFC 3986 §5.2.4)
-/// and merges repeated slashes. A trailing slash is kept: `/a/` and `/a` are different paths.
+/// and merges repeated slashes. A trailing slash is kept (the upstream receives it), though the
+/// route table matches `/a/` as `/a`. A `;` or `%3B` anywhere in the path is refused.
 pub fn normalize(path: &str) -> Result<Cow<'_, str>, PathError> {
     let bytes = path.as_bytes();
     if bytes.first() != Some(&b'/') {
@@ -82,7 +103,7 @@ fn needs_work(b: &[u8]) -> bool {
     let mut prev_slash = false;
     for (i, &c) in b.iter().enumerate() {
         match c {
-            b'%' | b'\\' => return true,
+            b'%' | b'\\' | b';' => return true,
             b'/' if prev_slash => return true,
             b'.' if prev_slash => {
                 // "/." followed by end, "/" or ".": a dot segment.
@@ -104,7 +125,7 @@ fn decode_unreserved(b: &[u8]) -> Result<String, PathError> {
     let mut i = 0;
     while i < b.len() {
         match b[i] {
-            b'\\' => return Err(PathError::ForbiddenCharacter),
+            b'\\' | b';' => return Err(PathError::ForbiddenCharacter),
             b'%' => {
                 let (Some(hi), Some(lo)) = (b.get(i + 1).copied().and_then(hex), b.get(i + 2).copied().and_then(hex))
                 else {
@@ -112,7 +133,7 @@ fn decode_unreserved(b: &[u8]) -> Result<String, PathError> {
                 };
                 let v = hi << 4 | lo;
                 match v {
-                    b'/' | b'\\' | 0 => return Err(PathError::ForbiddenCharacter),
+                    b'/' | b'\\' | b';' | 0 => return Err(PathError::ForbiddenCharacter),
                     v if is_unreserved(v) => out.push(v),
                     v => {
                         const HEX: &[u8; 16] = b"0123456789ABCDEF";
@@ -173,19 +194,24 @@ fn parse_template(path: &str) -> Result<Vec<Segment>, String> {
             segs.push(if greedy { Segment::Greedy } else { Segment::Param });
             continue;
         }
+        if s.contains(';') {
+            return Err(format!(
+                "segment {s:?} has a ';': requests with path parameters are refused, so it could never match"
+            ));
+        }
         if s.contains(['{', '}', '?', '#']) {
             return Err(format!("segment {s:?} has a character that is not allowed in a literal"));
         }
         if *s == "." || *s == ".." {
             return Err("must not have '.' or '..' segments".to_owned());
         }
-        // Literals are stored in normalized form, so they compare equal to normalized requests.
+        // Literals are stored normalized and folded, so they compare equal to folded requests.
         let slashed = format!("/{s}");
         let normal = normalize(&slashed).map_err(|e| format!("segment {s:?}: {e:?}"))?;
         if normal.matches('/').count() != 1 {
             return Err(format!("segment {s:?} is not a single path segment"));
         }
-        segs.push(Segment::Literal(normal[1..].to_owned()));
+        segs.push(Segment::Literal(normal[1..].to_ascii_lowercase()));
     }
     Ok(segs)
 }
@@ -198,13 +224,27 @@ struct Endpoint {
 }
 
 impl Endpoint {
+    /// An explicit method first, then (for HEAD) the template's GET route, then ANY.
     fn find(&self, method: &Method) -> Option<usize> {
-        self.explicit.iter().find(|(m, _)| m == method).map(|(_, i)| *i).or(self.any)
+        let explicit = |m: &Method| self.explicit.iter().find(|(x, _)| x == m).map(|(_, i)| *i);
+        explicit(method).or_else(|| if method == Method::HEAD { explicit(&Method::GET) } else { None }).or(self.any)
+    }
+
+    /// The `allow` header of a 405: the explicit methods, and HEAD wherever GET is routed.
+    fn allow(&self) -> HeaderValue {
+        let mut names: Vec<&str> = self.explicit.iter().map(|(m, _)| m.as_str()).collect();
+        if names.contains(&"GET") {
+            names.push("HEAD");
+        }
+        names.sort_unstable();
+        names.dedup();
+        HeaderValue::from_str(&names.join(", ")).unwrap_or_else(|_| HeaderValue::from_static(""))
     }
 }
 
 #[derive(Debug, Default)]
 struct Node {
+    /// Keyed by the ASCII-lower-cased literal.
     literals: HashMap<String, Node>,
     param: Option<Box<Node>>,
     greedy: Option<Endpoint>,
@@ -225,19 +265,16 @@ pub enum Match {
 #[derive(Debug, Default)]
 pub struct Table {
     root: Node,
-    /// Methods per route, for the `allow` header of a 405.
-    methods: Vec<Methods>,
 }
 
 impl Table {
     /// Compiles the routes; two routes that could claim the same request with equal specificity
-    /// are an error reported at the later one.
+    /// (templates equal up to parameter names and ASCII case, a method in common) are an error
+    /// reported at the later one.
     pub fn build(routes: &[RouteConfig]) -> Result<Table, Vec<(Span, String)>> {
         let mut table = Table::default();
         let mut errors = Vec::new();
-        // Where each endpoint's routes were declared, to name the earlier route in an overlap.
         for (idx, r) in routes.iter().enumerate() {
-            table.methods.push(r.methods.clone());
             let segs = match parse_template(&r.path) {
                 Ok(s) => s,
                 Err(e) => {
@@ -276,7 +313,7 @@ impl Table {
                 errors.push((
                     r.span.clone(),
                     format!(
-                        "route {:?} overlaps route {:?} (same path shape and method with equal specificity)",
+                        "route {:?} overlaps route {:?} (same path shape, up to parameter names and letter case, and method)",
                         r.path, routes[other].path
                     ),
                 ));
@@ -289,73 +326,121 @@ impl Table {
         }
     }
 
-    /// Finds the route for a normalized path: the most specific template first (literal, then
-    /// `{param}`, then `{proxy+}`, segment by segment), then an explicit method before ANY.
+    /// Finds the route for a normalized path. The path alone picks the template: the most
+    /// specific one (literal, then `{param}`, then `{proxy+}`, segment by segment), literals
+    /// compared ASCII case-insensitively and one trailing slash ignored. The method then picks
+    /// among that template's routes (explicit, HEAD as GET, then ANY); when none takes it, the
+    /// answer is 405, never a less specific template.
     pub fn lookup(&self, path: &str, method: &Method) -> Match {
         let rest = path.strip_prefix('/').unwrap_or(path);
-        let mut allowed: Option<Vec<usize>> = None;
-        if let Some(i) = walk(&self.root, rest, method, &mut allowed) {
-            return Match::Found(i);
-        }
-        match allowed {
-            None => Match::NotFound,
-            Some(routes) => Match::MethodNotAllowed(self.allow_header(&routes)),
+        let rest = rest.strip_suffix('/').unwrap_or(rest);
+        let Some(endpoint) = walk(&self.root, rest) else {
+            return Match::NotFound;
+        };
+        match endpoint.find(method) {
+            Some(i) => Match::Found(i),
+            None => Match::MethodNotAllowed(endpoint.allow()),
         }
     }
+}
 
-    fn allow_header(&self, routes: &[usize]) -> HeaderValue {
-        let mut names: Vec<&str> = Vec::new();
-        for &r in routes {
-            if let Methods::Only(ms) = &self.methods[r] {
-                names.extend(ms.iter().map(Method::as_str));
-            }
-        }
-        names.sort_unstable();
-        names.dedup();
-        HeaderValue::from_str(&names.join(", ")).unwrap_or_else(|_| HeaderValue::from_static(""))
+/// ASCII lower case, copied only when needed.
+fn fold(seg: &str) -> Cow<'_, str> {
+    if seg.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(seg.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(seg)
     }
 }
 
 /// Depth-first over the trie in precedence order; `rest` is the path after the current node,
-/// without its leading slash (empty when the path ends at this node).
-fn walk(node: &Node, rest: &str, method: &Method, allowed: &mut Option<Vec<usize>>) -> Option<usize> {
-    let note = |e: &Endpoint, allowed: &mut Option<Vec<usize>>| -> Option<usize> {
-        let found = e.find(method);
-        if found.is_none() {
-            allowed.get_or_insert_with(Vec::new).extend(e.explicit.iter().map(|(_, i)| *i));
-        }
-        found
-    };
+/// without its leading slash (empty when the path ends at this node). Returns the most specific
+/// template whose shape matches, whatever its methods.
+fn walk<'t>(node: &'t Node, rest: &str) -> Option<&'t Endpoint> {
     // The root path "/" is the only one that ends at the root node with nothing left.
     if rest.is_empty() {
-        return node.here.as_ref().and_then(|e| note(e, allowed));
+        return node.here.as_ref();
     }
     let (seg, tail) = match rest.find('/') {
         Some(i) => (&rest[..i], Some(&rest[i + 1..])),
         None => (rest, None),
     };
-    if !seg.is_empty() {
-        let next = |child: &Node, allowed: &mut Option<Vec<usize>>| match tail {
-            None => child.here.as_ref().and_then(|e| note(e, allowed)),
-            // A trailing slash leaves an empty last segment that no template has.
-            Some("") => None,
-            Some(t) => walk(child, t, method, allowed),
-        };
-        if let Some(child) = node.literals.get(seg) {
-            if let Some(i) = next(child, allowed) {
-                return Some(i);
-            }
+    // A normalized path has no empty segment (repeated slashes are merged, the trailing one was
+    // stripped by `lookup`); one that slipped through matches nothing.
+    if seg.is_empty() {
+        return None;
+    }
+    let next = |child: &'t Node| match tail {
+        None => child.here.as_ref(),
+        Some("") => None,
+        Some(t) => walk(child, t),
+    };
+    if let Some(child) = node.literals.get(fold(seg).as_ref()) {
+        if let Some(e) = next(child) {
+            return Some(e);
         }
-        if let Some(child) = &node.param {
-            if let Some(i) = next(child, allowed) {
-                return Some(i);
+    }
+    if let Some(child) = &node.param {
+        if let Some(e) = next(child) {
+            return Some(e);
+        }
+    }
+    // `{proxy+}` takes one or more whole segments: `seg` is non-empty.
+    node.greedy.as_ref()
+}
+
+/// Pairs `(broad, narrow)` of route indices where a path matches both templates and `narrow`
+/// wins it by precedence: `broad` sits beneath `narrow`, so paths near `narrow`'s that the
+/// table does not match exactly (`/admin.json`, `/admin/x` beside `/admin`) reach `broad`.
+/// Routes whose template does not parse are skipped.
+pub fn beneath(routes: &[RouteConfig]) -> Vec<(usize, usize)> {
+    let parsed: Vec<Option<Vec<Segment>>> = routes.iter().map(|r| parse_template(&r.path).ok()).collect();
+    let mut pairs = Vec::new();
+    for (b, sb) in parsed.iter().enumerate() {
+        for (n, sn) in parsed.iter().enumerate() {
+            if let (Some(sb), Some(sn), true) = (sb, sn, b != n) {
+                if loses_to(sb, sn) {
+                    pairs.push((b, n));
+                }
             }
         }
     }
-    // `{proxy+}` takes one or more whole segments: the rest must be non-empty.
-    match &node.greedy {
-        Some(e) if !seg.is_empty() => note(e, allowed),
-        _ => None,
+    pairs
+}
+
+const fn rank(s: &Segment) -> u8 {
+    match s {
+        Segment::Literal(_) => 2,
+        Segment::Param => 1,
+        Segment::Greedy => 0,
+    }
+}
+
+/// Whether some path matches both templates and `narrow` takes it from `broad`.
+fn loses_to(broad: &[Segment], narrow: &[Segment]) -> bool {
+    for (i, (b, n)) in broad.iter().zip(narrow).enumerate() {
+        match (b, n) {
+            (Segment::Literal(x), Segment::Literal(y)) if x == y => {}
+            (Segment::Literal(_), Segment::Literal(_)) => return false,
+            (Segment::Param, Segment::Param) => {}
+            // Same shape from here on: the same template, not one beneath the other.
+            (Segment::Greedy, Segment::Greedy) => return false,
+            // The first difference decides precedence for every path both match.
+            _ => return rank(n) > rank(b) && overlap(&broad[i..], &narrow[i..]),
+        }
+    }
+    false
+}
+
+/// Whether some path matches both segment lists.
+fn overlap(a: &[Segment], b: &[Segment]) -> bool {
+    match (a.first(), b.first()) {
+        (None, None) => true,
+        (None, Some(_)) | (Some(_), None) => false,
+        // A greedy segment takes whatever non-empty rest the other has.
+        (Some(Segment::Greedy), Some(_)) | (Some(_), Some(Segment::Greedy)) => true,
+        (Some(Segment::Literal(x)), Some(Segment::Literal(y))) if x != y => false,
+        _ => overlap(&a[1..], &b[1..]),
     }
 }
 
@@ -435,11 +520,103 @@ mod tests {
         assert_eq!(t.lookup("/book/latest", &Method::GET), Match::Found(1));
         assert_eq!(t.lookup("/book/7", &Method::GET), Match::Found(0));
         assert_eq!(t.lookup("/book/7", &Method::POST), Match::Found(3));
-        assert_eq!(t.lookup("/book/latest", &Method::POST), Match::Found(3));
         assert_eq!(t.lookup("/x/y/z", &Method::DELETE), Match::Found(2));
         assert_eq!(t.lookup("/", &Method::GET), Match::Found(4));
         assert_eq!(t.lookup("/book/7/pages/2", &Method::GET), Match::Found(5));
-        assert_eq!(t.lookup("/book/7/pages/2", &Method::PUT), Match::Found(2));
+        // The path picks the template, the method only chooses among its routes: a method the
+        // most specific template does not take is a 405, not a less specific template's request.
+        let get_head = Match::MethodNotAllowed(HeaderValue::from_static("GET, HEAD"));
+        assert_eq!(t.lookup("/book/latest", &Method::POST), get_head);
+        assert_eq!(t.lookup("/book/7/pages/2", &Method::PUT), get_head);
+    }
+
+    #[test]
+    fn literals_fold_case_and_one_trailing_slash() {
+        let routes = vec![
+            route("/admin", get()),           // 0
+            route("/{proxy+}", Methods::Any), // 1
+            route("/Users/{id}/Keys", get()), // 2
+            route("/caf%C3%A9", get()),       // 3
+            route("/files/{path+}", get()),   // 4
+            route("/", Methods::Any),         // 5
+        ];
+        let t = Table::build(&routes).unwrap();
+        for path in ["/admin", "/admin/", "/ADMIN", "/Admin/", "/aDmIn"] {
+            assert_eq!(t.lookup(path, &Method::GET), Match::Found(0), "{path}");
+        }
+        for path in ["/users/7/keys", "/USERS/Bob/KEYS/", "/users/B0B/keys"] {
+            assert_eq!(t.lookup(path, &Method::GET), Match::Found(2), "{path}");
+        }
+        assert_eq!(t.lookup("/CAF%C3%A9", &Method::GET), Match::Found(3));
+        assert_eq!(t.lookup("/Files/a/B/", &Method::GET), Match::Found(4));
+        // Still different paths: a suffix, an extra segment, an encoded character.
+        for path in ["/admins", "/admin.json", "/admin/x", "/admin%20", "/files"] {
+            assert_eq!(t.lookup(path, &Method::GET), Match::Found(1), "{path}");
+        }
+        // The root is still only the root.
+        assert_eq!(t.lookup("/", &Method::GET), Match::Found(5));
+    }
+
+    #[test]
+    fn head_is_checked_as_get_unless_listed() {
+        let routes = vec![
+            route("/a", get()),                             // 0
+            route("/{proxy+}", Methods::Any),               // 1
+            route("/b", get()),                             // 2
+            route("/b", Methods::Only(vec![Method::HEAD])), // 3
+            route("/c", Methods::Any),                      // 4
+            route("/c", get()),                             // 5
+            route("/d", Methods::Only(vec![Method::POST])), // 6
+        ];
+        let t = Table::build(&routes).unwrap();
+        assert_eq!(t.lookup("/a", &Method::HEAD), Match::Found(0));
+        assert_eq!(t.lookup("/A/", &Method::HEAD), Match::Found(0));
+        assert_eq!(t.lookup("/b", &Method::HEAD), Match::Found(3));
+        assert_eq!(t.lookup("/b", &Method::GET), Match::Found(2));
+        // HEAD follows GET's policy, not the ANY beside it.
+        assert_eq!(t.lookup("/c", &Method::HEAD), Match::Found(5));
+        assert_eq!(t.lookup("/c", &Method::POST), Match::Found(4));
+        assert_eq!(t.lookup("/d", &Method::HEAD), Match::MethodNotAllowed(HeaderValue::from_static("POST")));
+        assert_eq!(t.lookup("/a", &Method::DELETE), Match::MethodNotAllowed(HeaderValue::from_static("GET, HEAD")));
+        let custom = Method::from_bytes(b"PURGE").unwrap();
+        assert_eq!(t.lookup("/a", &custom), Match::MethodNotAllowed(HeaderValue::from_static("GET, HEAD")));
+    }
+
+    #[test]
+    fn path_parameters_are_refused() {
+        for path in ["/admin;x=1", "/admin/;/", "/;/admin", "/a/..;/admin", "/admin%3B", "/admin%3bx", "/a;"] {
+            assert_eq!(normalize(path), Err(PathError::ForbiddenCharacter), "{path}");
+        }
+        assert!(check_template("/a;b").is_err());
+        assert!(check_template("/a%3Bb").is_err());
+    }
+
+    #[test]
+    fn beneath_finds_broader_templates_that_share_paths() {
+        let routes = vec![
+            route("/admin", get()),           // 0
+            route("/{proxy+}", Methods::Any), // 1
+            route("/{x}", get()),             // 2
+            route("/admin/{id}", get()),      // 3
+            route("/ADMIN/{rest+}", get()),   // 4
+            route("/other/{id}", get()),      // 5
+            route("/admin/keys", get()),      // 6
+        ];
+        let mut got = beneath(&routes);
+        got.sort_unstable();
+        let want = vec![
+            (1, 0), // "/{proxy+}" beneath every other template
+            (1, 2),
+            (1, 3),
+            (1, 4),
+            (1, 5),
+            (1, 6),
+            (2, 0), // "/{x}" beneath "/admin" only (one segment)
+            (3, 6), // "/admin/{id}" beneath "/admin/keys"
+            (4, 3), // "/admin/{rest+}" beneath "/admin/{id}" and "/admin/keys"
+            (4, 6),
+        ];
+        assert_eq!(got, want);
     }
 
     #[test]
@@ -447,9 +624,12 @@ mod tests {
         let routes = vec![route("/book", get()), route("/book", Methods::Only(vec![Method::POST]))];
         let t = Table::build(&routes).unwrap();
         assert_eq!(t.lookup("/user", &Method::GET), Match::NotFound);
-        assert_eq!(t.lookup("/book/", &Method::GET), Match::NotFound);
+        assert_eq!(t.lookup("/book/x", &Method::GET), Match::NotFound);
         assert_eq!(t.lookup("/", &Method::GET), Match::NotFound);
-        assert_eq!(t.lookup("/book", &Method::DELETE), Match::MethodNotAllowed(HeaderValue::from_static("GET, POST")));
+        assert_eq!(
+            t.lookup("/book", &Method::DELETE),
+            Match::MethodNotAllowed(HeaderValue::from_static("GET, HEAD, POST"))
+        );
     }
 
     #[test]
@@ -467,6 +647,9 @@ mod tests {
             vec![route("/a/{x}", get()), route("/a/{y}", get())],
             vec![route("/a", Methods::Any), route("/a", Methods::Any)],
             vec![route("/a/{p+}", get()), route("/a/{q+}", get())],
+            // literals compare case-insensitively, so these claim the same requests
+            vec![route("/Admin", get()), route("/admin", get())],
+            vec![route("/a/B/{x}", Methods::Any), route("/A/b/{y}", Methods::Any)],
         ];
         for routes in clash {
             assert!(Table::build(&routes).is_err(), "{routes:?}");
@@ -481,7 +664,7 @@ mod tests {
 
     #[test]
     fn templates_are_checked() {
-        for bad in ["a", "/a/", "/a//b", "/{p+}/x", "/{}", "/a/{b", "/../a", "/a%2Fb"] {
+        for bad in ["a", "/a/", "/a//b", "/{p+}/x", "/{}", "/a/{b", "/../a", "/a%2Fb", "/a;b", "/a%3B"] {
             assert!(check_template(bad).is_err(), "{bad}");
         }
         for good in ["/", "/a", "/a/{b}", "/a/{rest+}", "/caf%C3%A9"] {

@@ -347,3 +347,138 @@ async fn help_works() {
         assert_eq!(out.code, Some(0), "{sub} --help: {out:?}");
     }
 }
+
+/// `PATH:LINE:COL: warning: ...` lines of stderr, as (line, text).
+fn warnings(out: &Out, path: &Path) -> Vec<(usize, String)> {
+    out.stderr
+        .lines()
+        .filter_map(|l| {
+            let (line, col) = parse_pos(l, path)?;
+            col?;
+            let text = l.splitn(4, ':').nth(3)?.trim_start();
+            text.starts_with("warning:").then(|| (line, l.to_owned()))
+        })
+        .collect()
+}
+
+/// Lines `start..=end` of the `[[routes]]` block whose `path = ...` line contains `needle`.
+fn route_block(text: &str, needle: &str) -> (usize, usize) {
+    let path_line = line_of(text, needle);
+    let lines: Vec<&str> = text.lines().collect();
+    let start = (1..=path_line).rev().find(|&l| lines[l - 1].trim() == "[[routes]]").expect("[[routes]] header");
+    let end = (path_line..=lines.len()).find(|&l| l == lines.len() || lines[l].trim() == "[[routes]]").unwrap();
+    (start, end)
+}
+
+const ADMIN_ROUTES: &str = r#"
+[[routes]]
+path = "/admin"
+methods = ["GET"]
+scopes = ["API/admin"]
+upstream = "books"
+
+[[routes]]
+path = "/admin/{id}/keys"
+methods = ["DELETE"]
+scopes_all = ["API/admin", "API/keys"]
+upstream = "books"
+"#;
+
+/// A public (or weaker) route whose paths include a protected route's is legal, but spellings
+/// outside the table (`/admin.json`, `/admin/x`) reach it: `check` says so, positioned, exit 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_warns_when_a_weaker_route_sits_beneath_protected_ones() {
+    let catch_all = "\n[[routes]]\npath = \"/{proxy+}\"\nauth = \"none\"\nupstream = \"books\"\n";
+    let text = format!("{HEAD}{ROUTES}{ADMIN_ROUTES}{catch_all}");
+    let (_dir, path) = write_config(&text);
+    let out = check(&path, &[], &[]).await;
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(out.stdout.contains("is valid"), "{out:?}");
+    let found = warnings(&out, &path);
+    let (start, end) = route_block(&text, "/{proxy+}");
+    let at_catch_all: Vec<&String> = found.iter().filter(|(l, _)| (start..=end).contains(l)).map(|(_, w)| w).collect();
+    assert_eq!(at_catch_all.len(), 1, "want one warning at the catch-all (lines {start}..={end}): {out:?}");
+    for protected in ["/admin", "/admin/{id}/keys", "/book", "/book/{id}"] {
+        assert!(at_catch_all[0].contains(&format!("{protected}\"")), "warning does not name {protected}: {out:?}");
+    }
+    // /health is public itself: nothing to shadow.
+    assert!(!at_catch_all[0].contains("/health"), "{out:?}");
+    assert_eq!(found.len(), 1, "only the catch-all is beneath protected routes: {out:?}");
+
+    // A JWT route with a weaker scope requirement is reported the same way; one that demands at
+    // least what the narrower route does is not; nor is a valid config without such routes.
+    let weaker = "\n[[routes]]\npath = \"/admin/{rest+}\"\nmethods = [\"ANY\"]\nupstream = \"books\"\n";
+    let text = format!("{HEAD}{ROUTES}{ADMIN_ROUTES}{weaker}");
+    let (_dir, path) = write_config(&text);
+    let out = check(&path, &[], &[]).await;
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let found = warnings(&out, &path);
+    let (start, end) = route_block(&text, "/admin/{rest+}");
+    assert!(
+        found.len() == 1 && (start..=end).contains(&found[0].0) && found[0].1.contains("/admin/{id}/keys\""),
+        "want one warning at /admin/{{rest+}} naming /admin/{{id}}/keys: {out:?}"
+    );
+
+    let as_strict =
+        "\n[[routes]]\npath = \"/admin/{rest+}\"\nscopes_all = [\"API/keys\", \"API/admin\"]\nupstream = \"books\"\n";
+    for text in [format!("{HEAD}{ROUTES}{ADMIN_ROUTES}{as_strict}"), valid()] {
+        let (_dir, path) = write_config(&text);
+        let out = check(&path, &[], &[]).await;
+        assert_eq!(out.code, Some(0), "{out:?}");
+        assert!(!out.stderr.contains("warning"), "unexpected warning: {out:?}");
+    }
+}
+
+/// Literal segments match whatever their ASCII case, so two templates that differ only in case
+/// claim the same requests; a `;` can never match (requests with one are refused).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn templates_that_fold_together_or_hold_a_semicolon_are_errors() {
+    let text = format!(
+        "{}\n[[routes]]\npath = \"/BOOK\"\nmethods = [\"GET\", \"PUT\"]\nscopes = [\"x\"]\nupstream = \"books\"\n",
+        valid()
+    );
+    let (_dir, path) = write_config(&text);
+    let out = check(&path, &[], &[]).await;
+    assert_eq!(out.code, Some(2), "{out:?}");
+    let (start, end) = route_block(&text, "\"/BOOK\"");
+    let first = out.stderr.lines().next().unwrap_or("");
+    assert!(
+        parse_pos(first, &path).is_some_and(|(l, c)| c.is_some() && (start..=end).contains(&l)),
+        "want an error within lines {start}..={end}: {out:?}"
+    );
+
+    for bad in ["/book;v=1", "/a/%3B"] {
+        let text = format!("{}\n[[routes]]\npath = \"{bad}\"\nauth = \"none\"\nupstream = \"books\"\n", valid());
+        let (_dir, path) = write_config(&text);
+        let out = check(&path, &[], &[]).await;
+        assert_error_at(&out, &path, line_of(&text, bad), &[1, col_of(&text, &format!("\"{bad}\""))]);
+    }
+}
+
+/// Route methods are upper-case tokens, like the methods requests may use.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn route_methods_are_upper_case_tokens() {
+    for (methods, ok) in [
+        (r#"["GET", "HEAD"]"#, true),
+        (r#"["M-SEARCH"]"#, true),
+        (r#"["PROPFIND"]"#, true),
+        (r#"["Get"]"#, false),
+        (r#"["get"]"#, false),
+        (r#"["G T"]"#, false),
+        (r#"["GET/"]"#, false),
+        (r#"[""]"#, false),
+    ] {
+        let text = format!(
+            "{}\n[[routes]]\npath = \"/m\"\nmethods = {methods}\nauth = \"none\"\nupstream = \"books\"\n",
+            valid()
+        );
+        let (_dir, path) = write_config(&text);
+        let out = check(&path, &[], &[]).await;
+        if ok {
+            assert_eq!(out.code, Some(0), "{methods}: {out:?}");
+        } else {
+            let line = line_of(&text, &format!("methods = {methods}"));
+            assert_error_at(&out, &path, line, &(1..=80).collect::<Vec<_>>());
+        }
+    }
+}

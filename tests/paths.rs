@@ -142,10 +142,12 @@ async fn path_confusion_table_never_reaches_unauthorized_route() {
             ("/user/%2e%2e/book", Forwarded("/book")),
             ("/./book", Forwarded("/book")),
             ("/%2e/book", Forwarded("/book")),
-            ("/book/.", NotFound),
-            ("/book/./", NotFound),
-            ("/book/x/..", NotFound),
-            ("/book/%2e", NotFound),
+            // these normalize to "/book/", which the table matches as "/book" (one trailing slash
+            // is ignored, as lenient upstreams do); the upstream gets the normalized path
+            ("/book/.", Forwarded("/book/")),
+            ("/book/./", Forwarded("/book/")),
+            ("/book/x/..", Forwarded("/book/")),
+            ("/book/%2e", Forwarded("/book/")),
             ("/book/..", NotFound),
             // decoded unreserved characters
             ("/%62ook", Forwarded("/book")),
@@ -165,7 +167,7 @@ async fn path_confusion_table_never_reaches_unauthorized_route() {
             // repeated slashes are merged
             ("//book", Forwarded("/book")),
             ("///book", Forwarded("/book")),
-            ("/book//", NotFound),
+            ("/book//", Forwarded("/book/")),
             ("//user", UserScope),
             // NUL
             ("/%00", BadRequest),
@@ -188,17 +190,23 @@ async fn path_confusion_table_never_reaches_unauthorized_route() {
             ("/book?x=/../user", Forwarded("/book?x=/../user")),
             ("/book?x=%2e%2e", Forwarded("/book?x=%2e%2e")),
             ("/%62ook?q=%62", Forwarded("/book?q=%62")),
-            // matrix parameters, case, trailing slash, reserved characters stay encoded
-            ("/user;/book", NotFound),
-            ("/book;/user", NotFound),
-            ("/USER", NotFound),
-            ("/Book", NotFound),
-            ("/book/", NotFound),
+            // path parameters are refused; literals match whatever their ASCII case; one
+            // trailing slash is ignored; reserved characters stay encoded
+            ("/user;/book", BadRequest),
+            ("/book;/user", BadRequest),
+            ("/book;", BadRequest),
+            ("/book%3B", BadRequest),
+            ("/USER", UserScope),
+            ("/User/", UserScope),
+            ("/Book", Forwarded("/Book")),
+            ("/BOOK/", Forwarded("/BOOK/")),
+            ("/book/", Forwarded("/book/")),
             ("/book%20", NotFound),
             ("/book%3F", NotFound),
             ("/book%252e%252e/user", NotFound),
             ("/%2e%2e%2fuser", BadRequest),
-            ("/book/..;/user", NotFound),
+            ("/book/..;/user", BadRequest),
+            ("/book/x/..;/../user", BadRequest),
             ("/", NotFound),
         ];
 
@@ -366,6 +374,7 @@ async fn literal_beats_param_beats_proxy_and_explicit_method_beats_any() {
         toml.push_str(&mock_route("/a/{rest+}", r#"["GET"]"#, "proxy"));
         toml.push_str(&mock_route("/a/{x}", r#"["GET"]"#, "param"));
         toml.push_str(&mock_route("/a/b", r#"["GET"]"#, "literal"));
+        toml.push_str(&mock_route("/a/d", r#"["POST"]"#, "literal-post"));
         toml.push_str(&mock_route("/p/{rest+}", r#"["ANY"]"#, "p-proxy"));
         toml.push_str(&mock_route("/m", r#"["ANY"]"#, "m-any"));
         toml.push_str(&mock_route("/m", r#"["GET"]"#, "m-get"));
@@ -380,6 +389,12 @@ async fn literal_beats_param_beats_proxy_and_explicit_method_beats_any() {
             ("GET", "/a/%62", 200, "literal"),
             ("GET", "/a/b/c", 200, "proxy"),
             ("GET", "/a/x/y/z", 200, "proxy"),
+            // the path picks the template; a method it does not take is 405, never a broader one
+            ("POST", "/a/d", 200, "literal-post"),
+            ("GET", "/a/d", 405, METHOD_NOT_ALLOWED),
+            ("PUT", "/a/b", 405, METHOD_NOT_ALLOWED),
+            ("PUT", "/A/B/", 405, METHOD_NOT_ALLOWED),
+            ("GET", "/A/B", 200, "literal"),
             ("GET", "/a", 404, NOT_FOUND),
             // {proxy+} matches one or more segments, never zero
             ("GET", "/p", 404, NOT_FOUND),
@@ -511,7 +526,10 @@ async fn path_normalization_applies_to_http2_too() {
             ("/book%5C..%5Cuser", BadRequest),
             ("/book%00", BadRequest),
             ("/../book", BadRequest),
-            ("/book/", NotFound),
+            ("/book/", Forwarded("/book/")),
+            ("/BOOK", Forwarded("/BOOK")),
+            ("/USER", UserScope),
+            ("/book;/user", BadRequest),
             ("/book?x=/../user", Forwarded("/book?x=/../user")),
         ];
         let mut failures = Vec::new();
@@ -623,6 +641,187 @@ upstream = "admin"
         assert_eq!(admin.count(), 0, "files-only token reached the admin upstream");
         assert!(failures.is_empty(), "{}", failures.join("\n"));
         gw.stop().await;
+    })
+    .await;
+}
+
+/// A protected `GET /admin` (scope `API/admin`) beside a public `ANY /{proxy+}`, both on one
+/// real upstream.
+struct AdminBehindProxy {
+    key: TestKey,
+    _jwks: JwksServer,
+    app: Upstream,
+    gw: Gateway,
+}
+
+async fn admin_behind_public_proxy() -> AdminBehindProxy {
+    let key = TestKey::generate(Algorithm::RS256, "paths-admin");
+    let jwks = JwksServer::start(vec![key.jwk()]).await;
+    let app = Upstream::start("app").await;
+    let toml = format!(
+        r#"{base}
+[upstreams.app]
+url = "{app}"
+
+[[routes]]
+path = "/admin"
+methods = ["GET"]
+scopes = ["API/admin"]
+upstream = "app"
+
+[[routes]]
+path = "/{{proxy+}}"
+methods = ["ANY"]
+auth = "none"
+upstream = "app"
+"#,
+        base = base_toml(ISS, &jwks.url, &["RS256"]),
+        app = app.url,
+    );
+    let gw = Gateway::start(&toml).await;
+    AdminBehindProxy { key, _jwks: jwks, app, gw }
+}
+
+/// Raw request with `method` and `target` written verbatim; `extra` are whole header lines.
+fn raw_method(method: &str, target: &str, extra: &[&str]) -> Vec<u8> {
+    let mut s = format!("{method} {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n");
+    for line in extra {
+        s.push_str(line);
+        s.push_str("\r\n");
+    }
+    s.push_str("\r\n");
+    s.into_bytes()
+}
+
+/// Every spelling an upstream framework would route to `GET /admin` is held to that route's
+/// policy (401 without a token), refused (400), or answered 405: never forwarded by the public
+/// catch-all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn other_spellings_of_a_protected_path_never_fall_to_the_public_catch_all() {
+    bounded(async {
+        let env = admin_behind_public_proxy().await;
+
+        // (method, target, status, body)
+        let rows: &[(&str, &str, u16, &str)] = &[
+            ("GET", "/admin", 401, UNAUTHORIZED),
+            // the spellings the review reported
+            ("GET", "/admin/", 401, UNAUTHORIZED),
+            ("GET", "/admin;x=1", 400, BAD_REQUEST),
+            ("GET", "/admin/;/", 400, BAD_REQUEST),
+            ("GET", "/ADMIN", 401, UNAUTHORIZED),
+            ("get", "/admin", 400, BAD_REQUEST),
+            ("HEAD", "/admin", 401, ""),
+            ("DELETE", "/admin", 405, METHOD_NOT_ALLOWED),
+            // and their combinations
+            ("GET", "/Admin/", 401, UNAUTHORIZED),
+            ("GET", "/%41dmin", 401, UNAUTHORIZED),
+            ("GET", "/x/../ADMIN/./", 401, UNAUTHORIZED),
+            ("GET", "//admin//", 401, UNAUTHORIZED),
+            ("HEAD", "/ADMIN/", 401, ""),
+            ("POST", "/Admin", 405, METHOD_NOT_ALLOWED),
+            ("Get", "/admin", 400, BAD_REQUEST),
+            ("gEt", "/other", 400, BAD_REQUEST),
+            ("GET", "/admin%3Bx=1", 400, BAD_REQUEST),
+            ("GET", "/admin%3b", 400, BAD_REQUEST),
+            ("GET", "/;/admin", 400, BAD_REQUEST),
+            ("GET", "/public/..;/admin", 400, BAD_REQUEST),
+            ("GET", "/admin;jsessionid=1", 400, BAD_REQUEST),
+        ];
+        let mut failures = Vec::new();
+        for &(method, target, status, body) in rows {
+            let resp = raw(env.gw.addr, &raw_method(method, target, &[])).await;
+            let mut problems = Vec::new();
+            if resp.status != status || resp.body != body {
+                problems.push(format!("got {} {:?}, want {status} {body:?}", resp.status, resp.body));
+            }
+            if status == 401 && resp.header("www-authenticate") != Some("Bearer") {
+                problems.push(format!("www-authenticate {:?}, want Bearer", resp.header("www-authenticate")));
+            }
+            if status == 405 {
+                let allow = resp.header("allow").unwrap_or("");
+                let listed: Vec<&str> = allow.split(',').map(str::trim).collect();
+                if !listed.contains(&"GET") || listed.contains(&method) {
+                    problems.push(format!("allow {allow:?}, want GET and not {method}"));
+                }
+            }
+            if env.app.count() != 0 {
+                problems.push(format!("the upstream was reached: {:?}", env.app.last()));
+            }
+            if !problems.is_empty() {
+                failures.push(format!("{method} {target}: {}", problems.join("; ")));
+            }
+        }
+        assert!(failures.is_empty(), "spellings of GET /admin:\n{}", failures.join("\n"));
+        assert_eq!(env.app.count(), 0);
+
+        // The catch-all still serves what is really its own, so the zero above is meaningful.
+        let resp = raw(env.gw.addr, &raw_method("DELETE", "/other/thing", &[])).await;
+        assert_eq!(resp.status, 200, "{:?}", resp.body);
+        assert_eq!(env.app.count(), 1);
+
+        // With the admin scope, the folded spellings reach the upstream with the normalized
+        // path the client wrote (not the folded key).
+        let token = env.key.sign(&claims(ISS, "admin-client", "API/admin"));
+        let auth = format!("Authorization: Bearer {token}");
+        for (method, target, forwarded) in
+            [("GET", "/ADMIN", "/ADMIN"), ("GET", "/admin/", "/admin/"), ("HEAD", "/admin", "/admin")]
+        {
+            let before = env.app.count();
+            let resp = raw(env.gw.addr, &raw_method(method, target, &[&auth])).await;
+            assert_eq!(resp.status, 200, "{method} {target} with the admin scope: {:?}", resp.body);
+            assert_eq!(env.app.count(), before + 1, "{method} {target}");
+            let got = env.app.last().expect("recorded");
+            assert_eq!((got.method.as_str(), got.target.as_str()), (method, forwarded));
+        }
+        // A token without the scope is refused on every spelling.
+        let other = env.key.sign(&claims(ISS, "other-client", "API/other"));
+        let auth = format!("Authorization: Bearer {other}");
+        let before = env.app.count();
+        for (method, target) in [("GET", "/ADMIN"), ("GET", "/admin/"), ("HEAD", "/admin")] {
+            let resp = raw(env.gw.addr, &raw_method(method, target, &[&auth])).await;
+            assert_eq!(resp.status, 401, "{method} {target} without the admin scope: {:?}", resp.body);
+        }
+        assert_eq!(env.app.count(), before);
+        env.gw.stop().await;
+    })
+    .await;
+}
+
+/// RFC 9112 §3.2: an HTTP/1.1 request without exactly one Host (an absolute-form target carries
+/// its own) is answered 400; HTTP/1.0 may omit it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http11_request_needs_exactly_one_host() {
+    bounded(async {
+        let env = admin_behind_public_proxy().await;
+        let rows: &[(&str, u16)] = &[
+            ("GET /pub HTTP/1.1\r\nConnection: close\r\n\r\n", 400),
+            ("GET /pub HTTP/1.1\r\nHost: a\r\nHost: a\r\nConnection: close\r\n\r\n", 400),
+            ("GET /pub HTTP/1.1\r\nHost: a\r\nHost: b\r\nConnection: close\r\n\r\n", 400),
+            ("GET /pub HTTP/1.0\r\nHost: a\r\nHost: b\r\n\r\n", 400),
+            ("GET /admin HTTP/1.1\r\nConnection: close\r\n\r\n", 400),
+            ("POST /oauth2/token HTTP/1.1\r\nConnection: close\r\nContent-Length: 0\r\n\r\n", 400),
+            // allowed
+            ("GET /pub HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n", 200),
+            ("GET /pub HTTP/1.1\r\nHost:\r\nConnection: close\r\n\r\n", 200),
+            ("GET http://a/pub HTTP/1.1\r\nConnection: close\r\n\r\n", 200),
+            ("GET /pub HTTP/1.0\r\n\r\n", 200),
+        ];
+        let mut failures = Vec::new();
+        for &(request, status) in rows {
+            let before = env.app.count();
+            let resp = raw(env.gw.addr, request.as_bytes()).await;
+            let reached = env.app.count() - before;
+            let ok = if status == 400 {
+                resp.status == 400 && resp.body == BAD_REQUEST && reached == 0
+            } else {
+                resp.status == status && reached == 1
+            };
+            if !ok {
+                failures.push(format!("{request:?}: got {} {:?}, upstream reached {reached}x", resp.status, resp.body));
+            }
+        }
+        assert!(failures.is_empty(), "Host rule:\n{}", failures.join("\n"));
+        env.gw.stop().await;
     })
     .await;
 }
