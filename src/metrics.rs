@@ -19,6 +19,7 @@ pub struct Metrics {
     pub jwks_keys: IntGaugeVec,
     pub config_reloads: IntCounterVec,
     pub tokens_issued: IntCounterVec,
+    pub config_restart_required: IntGaugeVec,
 }
 
 /// Buckets from 50µs to ~3.3s: proxy overhead is sub-millisecond, upstreams are not.
@@ -76,7 +77,15 @@ impl Metrics {
         registry.register(Box::new(jwks_refreshes.clone()))?;
         registry.register(Box::new(jwks_keys.clone()))?;
         registry.register(Box::new(config_reloads.clone()))?;
+        let config_restart_required = IntGaugeVec::new(
+            Opts::new(
+                "scopegate_config_restart_required",
+                "1 while the config asks for a value of this setting that only a restart applies",
+            ),
+            &["setting"],
+        )?;
         registry.register(Box::new(tokens_issued.clone()))?;
+        registry.register(Box::new(config_restart_required.clone()))?;
         Ok(Metrics {
             registry,
             requests,
@@ -89,6 +98,7 @@ impl Metrics {
             jwks_keys,
             config_reloads,
             tokens_issued,
+            config_restart_required,
         })
     }
 

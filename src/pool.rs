@@ -6,6 +6,11 @@
 //! shared by two requests at once. Idle connections beyond [`MAX_IDLE`] are closed, and a
 //! sweeper closes those idle longer than the idle timeout, like NGINX's upstream `keepalive`.
 //!
+//! An upstream may close an idle connection just as a request is written on it (Node's
+//! `keepAliveTimeout` is 5 s). A request that can be sent again safely, an idempotent method
+//! without a body, is then sent once more on a new connection, like NGINX's
+//! `proxy_next_upstream`; any other request gets the error.
+//!
 //! HTTPS upstreams (TLS, ALPN, HTTP/2) go through hyper-util's pooled client instead.
 
 use std::collections::VecDeque;
@@ -17,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
-use http::{Request, Response, StatusCode};
+use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
@@ -47,8 +52,80 @@ impl std::fmt::Display for SendError {
     }
 }
 
+/// A request body as the pool sends it: the client's, or none (a request sent again).
+pub enum ReqBody {
+    Client(Incoming),
+    Empty,
+}
+
+impl Body for ReqBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            ReqBody::Client(b) => Pin::new(b).poll_frame(cx),
+            ReqBody::Empty => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ReqBody::Client(b) => b.is_end_stream(),
+            ReqBody::Empty => true,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ReqBody::Client(b) => b.size_hint(),
+            ReqBody::Empty => SizeHint::with_exact(0),
+        }
+    }
+}
+
+/// What it takes to send a request again: everything but its body, which it does not have.
+struct Replay {
+    method: Method,
+    uri: Uri,
+    version: Version,
+    headers: HeaderMap,
+}
+
+impl Replay {
+    /// `Some` for a request that may be sent twice (RFC 9110 §9.2.2): an idempotent method and
+    /// no body. A streamed body cannot be sent again, and a POST or PATCH must not be.
+    fn of(req: &Request<ReqBody>) -> Option<Replay> {
+        let idempotent = matches!(
+            *req.method(),
+            Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+        );
+        (idempotent && req.body().is_end_stream()).then(|| Replay {
+            method: req.method().clone(),
+            uri: req.uri().clone(),
+            version: req.version(),
+            headers: req.headers().clone(),
+        })
+    }
+
+    fn into_request(self) -> Request<ReqBody> {
+        let mut req = Request::new(ReqBody::Empty);
+        *req.method_mut() = self.method;
+        *req.uri_mut() = self.uri;
+        *req.version_mut() = self.version;
+        *req.headers_mut() = self.headers;
+        req
+    }
+}
+
+/// True for an error that says the connection went away under the request (closed, reset, or
+/// ended before a whole response head), rather than that the upstream answered garbage.
+fn connection_lost(e: &hyper::Error) -> bool {
+    !(e.is_parse() || e.is_parse_status() || e.is_parse_too_large() || e.is_user() || e.is_timeout())
+}
+
 struct Idle {
-    sender: SendRequest<Incoming>,
+    sender: SendRequest<ReqBody>,
     since: Instant,
 }
 
@@ -83,15 +160,31 @@ impl H1Pool {
 
     /// Sends `req` (origin-form URI) on an idle connection, or on a new one when none is
     /// left. A request that a reused connection could not take (it closed in the meantime)
-    /// goes to the next one; a request that was sent is never sent twice.
-    pub async fn send(self: &Arc<Self>, mut req: Request<Incoming>) -> Result<Response<UpstreamBody>, SendError> {
+    /// goes to the next one. A request that was sent on a reused connection which then broke
+    /// before a response head arrived is sent once more, on a new connection, when that is
+    /// safe (see [`Replay::of`]); any other request that was sent is never sent twice.
+    pub async fn send(self: &Arc<Self>, req: Request<Incoming>) -> Result<Response<UpstreamBody>, SendError> {
+        let mut req = req.map(ReqBody::Client);
         req.headers_mut().insert(header::HOST, self.host.clone());
         while let Some(mut sender) = self.checkout() {
+            // The copy costs a header map clone; only a reused connection needs it, and only
+            // for a request that may be sent again.
+            let replay = Replay::of(&req);
             match sender.try_send_request(req).await {
                 Ok(resp) => return Ok(self.wrap(resp, sender)),
                 Err(mut e) => match e.take_message() {
                     Some(unsent) => req = unsent,
-                    None => return Err(SendError::Http(e.into_error())),
+                    None => {
+                        let e = e.into_error();
+                        match replay {
+                            Some(replay) if connection_lost(&e) => {
+                                tracing::debug!(upstream = %self.addr, error = %e, "reused upstream connection lost; sending the request again on a new one");
+                                req = replay.into_request();
+                                break;
+                            }
+                            _ => return Err(SendError::Http(e)),
+                        }
+                    }
                 },
             }
         }
@@ -110,7 +203,7 @@ impl H1Pool {
     /// exchange is not over (the upstream answered before the request body was all sent, and
     /// the client has not sent the rest) stays where it is until it is ready, closes, or the
     /// sweeper retires it; waiting for it could take as long as that client likes.
-    fn checkout(&self) -> Option<SendRequest<Incoming>> {
+    fn checkout(&self) -> Option<SendRequest<ReqBody>> {
         let mut idle = self.idle();
         let mut i = idle.len();
         while i > 0 {
@@ -124,7 +217,7 @@ impl H1Pool {
         None
     }
 
-    fn put_back(&self, sender: SendRequest<Incoming>) {
+    fn put_back(&self, sender: SendRequest<ReqBody>) {
         if sender.is_closed() {
             return;
         }
@@ -139,7 +232,7 @@ impl H1Pool {
         self.idle().retain(|i| !i.sender.is_closed() && now.duration_since(i.since) < IDLE_TIMEOUT);
     }
 
-    async fn connect(self: &Arc<Self>) -> Result<SendRequest<Incoming>, SendError> {
+    async fn connect(self: &Arc<Self>) -> Result<SendRequest<ReqBody>, SendError> {
         let stream = tokio::time::timeout(self.connect_timeout, TcpStream::connect(self.addr.as_str()))
             .await
             .map_err(|_| SendError::ConnectTimeout)?
@@ -174,7 +267,7 @@ impl H1Pool {
         });
     }
 
-    fn wrap(self: &Arc<Self>, resp: Response<Incoming>, sender: SendRequest<Incoming>) -> Response<UpstreamBody> {
+    fn wrap(self: &Arc<Self>, resp: Response<Incoming>, sender: SendRequest<ReqBody>) -> Response<UpstreamBody> {
         // After a 101 the connection belongs to the upgraded stream.
         let pooled = (resp.status() != StatusCode::SWITCHING_PROTOCOLS).then(|| (sender, Arc::clone(self)));
         resp.map(|inner| UpstreamBody { inner, pooled })
@@ -191,7 +284,7 @@ impl H1Pool {
 /// takes its connection with it (hyper closes it).
 pub struct UpstreamBody {
     inner: Incoming,
-    pooled: Option<(SendRequest<Incoming>, Arc<H1Pool>)>,
+    pooled: Option<(SendRequest<ReqBody>, Arc<H1Pool>)>,
 }
 
 impl UpstreamBody {

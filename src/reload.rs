@@ -2,29 +2,42 @@
 //!
 //! A reload goes through the start-up path: `Config::load` -> `Snapshot::build` -> one atomic
 //! swap. Requests in flight keep the snapshot they loaded; an invalid file is rejected whole and
-//! the old snapshot stays. Listener addresses are bound once: a change to them is logged as
-//! needing a restart, never re-bound.
+//! the old snapshot stays. A few settings are bound once at start (listener addresses, the
+//! connection limit, TLS on or off, the log format): a change to them is logged as taking a
+//! restart and counted in `scopegate_config_restart_required`, never applied.
 //!
 //! Files change in several ways: written in place, replaced by an editor's
 //! write-to-temp-and-rename, or swapped by Kubernetes through a `..data` symlink pointing at a
 //! new directory. Watching the file itself misses the last two, so the parent directories are
-//! watched and every event (debounced) leads to a comparison of the watched files' contents
-//! with what was last loaded. A slow poll catches what the watcher might miss.
+//! watched. Only events that name a watched file (or `..data`) count: a log file written next
+//! to the config must not keep the debounce waiting. Counted events (debounced, within a bound)
+//! lead to a comparison of the watched files' contents with what was last loaded. A slow poll
+//! catches what the watcher might miss, and SIGHUP forces a reload; neither waits for events.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::ffi::OsString;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use notify::{RecursiveMode, Watcher};
+use notify::event::{AccessKind, AccessMode};
+use notify::{EventKind, RecursiveMode, Watcher};
 use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
 
-use crate::config::{Config, KeySource};
+use crate::config::{Config, KeySource, LogFormat};
+use crate::metrics::Metrics;
 use crate::proxy::Shared;
 use crate::snapshot::{Runtime, Snapshot};
 
 /// Quiet time after the last file event before files are compared.
 const DEBOUNCE: Duration = Duration::from_millis(150);
+/// Files are compared at the latest this long after the first event of a burst, however long
+/// the burst goes on.
+const MAX_DEBOUNCE: Duration = Duration::from_secs(1);
+/// The name Kubernetes swaps to publish a new ConfigMap or Secret revision.
+const K8S_DATA: &str = "..data";
 /// How often files are compared even without events.
 const POLL: Duration = Duration::from_secs(5);
 /// How long a reload waits for a newly added issuer's first keys before swapping anyway.
@@ -49,19 +62,66 @@ pub async fn reload(shared: &Shared, rt: &Runtime) -> Result<(), String> {
 async fn try_reload(shared: &Shared, rt: &Runtime) -> Result<(), String> {
     let config = Config::load(&shared.config_path).map_err(|e| e.to_string())?;
     let old = shared.snapshot.load_full();
-    let (was, now) = (&old.config.server, &config.server);
-    if was.listen != now.listen || was.admin_listen != now.admin_listen {
-        tracing::warn!(
-            old_listen = %was.listen, new_listen = %now.listen,
-            "listener addresses changed in the config; this takes a restart (still serving on the old ones)"
-        );
-    }
     let new = Snapshot::build(config, Some(&old), rt)?;
+    flag_restart_only(&new, &rt.metrics, true);
     let fresh: Vec<_> =
         new.verifier.issuers().filter(|i| !old.verifier.issuers().any(|o| Arc::ptr_eq(o, i))).cloned().collect();
     futures_util::future::join_all(fresh.iter().map(|i| i.first_attempt(NEW_ISSUER_WAIT))).await;
     shared.snapshot.store(Arc::new(new));
     Ok(())
+}
+
+/// The settings a reload cannot apply, as the process started with them: the listeners are
+/// bound, the connection limit sized, TLS switched on or off, and the log format chosen once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StartOnly {
+    listen: SocketAddr,
+    admin_listen: Option<SocketAddr>,
+    max_connections: usize,
+    tls: bool,
+    log_format: LogFormat,
+}
+
+impl StartOnly {
+    pub fn of(config: &Config) -> StartOnly {
+        StartOnly {
+            listen: config.server.listen,
+            admin_listen: config.server.admin_listen,
+            max_connections: config.server.max_connections,
+            tls: config.server.tls.is_some(),
+            log_format: config.log,
+        }
+    }
+
+    /// Each setting by its key in gateway.toml, with its value as text.
+    fn settings(&self) -> [(&'static str, String); 5] {
+        let on_off = |on: bool| if on { "on" } else { "off" }.to_owned();
+        [
+            ("server.listen", self.listen.to_string()),
+            ("server.admin_listen", self.admin_listen.map_or_else(|| "(none)".to_owned(), |a| a.to_string())),
+            ("server.max_connections", self.max_connections.to_string()),
+            ("server.tls", on_off(self.tls)),
+            ("log.format", if self.log_format == LogFormat::Json { "json" } else { "text" }.to_owned()),
+        ]
+    }
+}
+
+/// Compares the settings `snap`'s config asks for with those the process runs with: each one
+/// that differs is logged (when `log`) and sets `scopegate_config_restart_required{setting}` to
+/// 1; those that agree (again) set it to 0.
+fn flag_restart_only(snap: &Snapshot, metrics: &Metrics, log: bool) {
+    let running = snap.start_only.settings();
+    let configured = StartOnly::of(&snap.config).settings();
+    for ((setting, running), (_, configured)) in running.iter().zip(&configured) {
+        let differs = running != configured;
+        metrics.config_restart_required.with_label_values(&[setting]).set(i64::from(differs));
+        if differs && log {
+            tracing::warn!(
+                setting, running = %running, configured = %configured,
+                "{setting} changed from {running} to {configured} in the config; this takes a restart (still running with {running})"
+            );
+        }
+    }
 }
 
 /// The files whose contents decide the snapshot, besides gateway.toml itself.
@@ -82,6 +142,25 @@ fn watched_files(snap: &Snapshot) -> Vec<PathBuf> {
     files
 }
 
+/// The file names whose events count: those of the watched files, and Kubernetes' `..data`.
+fn watched_names(files: &[PathBuf]) -> HashSet<OsString> {
+    files.iter().filter_map(|f| f.file_name()).map(ToOwned::to_owned).chain([OsString::from(K8S_DATA)]).collect()
+}
+
+/// True for an event that may mean a watched file changed: one that names a watched file (an
+/// editor's rename-over names the final name, a Kubernetes swap names `..data`) and is not a
+/// mere open or read. An event that names no file (the kernel queue overflowed) counts too.
+fn counts(event: &notify::Event, names: &HashSet<OsString>) -> bool {
+    if let EventKind::Access(kind) = event.kind {
+        if kind != AccessKind::Close(AccessMode::Write) {
+            return false;
+        }
+    }
+    event.need_rescan()
+        || event.paths.is_empty()
+        || event.paths.iter().any(|p| p.file_name().is_some_and(|n| names.contains(n)))
+}
+
 fn read_all(files: &[PathBuf]) -> HashMap<PathBuf, Option<Vec<u8>>> {
     files.iter().map(|p| (p.clone(), std::fs::read(p).ok())).collect()
 }
@@ -95,10 +174,16 @@ fn parent(p: &Path) -> PathBuf {
 
 /// Watches the config and the files it names until `shutdown`; reloads on change or SIGHUP.
 pub async fn watch(shared: Arc<Shared>, rt: Arc<Runtime>, mut shutdown: watch::Receiver<bool>) {
+    let mut files = watched_files(&shared.snapshot.load());
+    // Shared with the watcher's callback, which drops the events of other files at once.
+    let names = Arc::new(Mutex::new(watched_names(&files)));
     let (tx, mut rx) = mpsc::unbounded_channel::<()>();
+    let filter = Arc::clone(&names);
     let mut watcher = match notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-        if res.is_ok() {
-            let _ = tx.send(());
+        if let Ok(event) = res {
+            if counts(&event, &filter.lock().unwrap_or_else(PoisonError::into_inner)) {
+                let _ = tx.send(());
+            }
         }
     }) {
         Ok(w) => Some(w),
@@ -109,10 +194,14 @@ pub async fn watch(shared: Arc<Shared>, rt: Arc<Runtime>, mut shutdown: watch::R
     };
     #[cfg(unix)]
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    // Every restart-only setting shows in the metrics from the start, at 0.
+    flag_restart_only(&shared.snapshot.load(), &rt.metrics, false);
 
-    let mut files = watched_files(&shared.snapshot.load());
     let mut seen = read_all(&files);
     let mut dirs: Vec<PathBuf> = Vec::new();
+    // Events never move the poll: it ticks every POLL whatever happens.
+    let mut poll = tokio::time::interval_at(Instant::now() + POLL, POLL);
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         // (Re)point the watcher at the directories of the current file set.
         let want: Vec<PathBuf> = {
@@ -121,6 +210,7 @@ pub async fn watch(shared: Arc<Shared>, rt: Arc<Runtime>, mut shutdown: watch::R
             d.dedup();
             d
         };
+        *names.lock().unwrap_or_else(PoisonError::into_inner) = watched_names(&files);
         if let Some(w) = watcher.as_mut() {
             if want != dirs {
                 for d in &dirs {
@@ -135,31 +225,44 @@ pub async fn watch(shared: Arc<Shared>, rt: Arc<Runtime>, mut shutdown: watch::R
             }
         }
 
-        let mut forced = false;
-        #[cfg(unix)]
-        let hup_recv = async {
-            match hup.as_mut() {
-                Some(h) => {
-                    h.recv().await;
+        // Waits for a reason to compare: the debounce of counted events ran out, SIGHUP, or
+        // the poll. The debounce is a deadline of its own, so events never hold up the others.
+        // (first event of the burst, when files are compared)
+        let mut burst: Option<(Instant, Instant)> = None;
+        let forced = loop {
+            #[cfg(unix)]
+            let hup_recv = async {
+                match hup.as_mut() {
+                    Some(h) => {
+                        h.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
                 }
-                None => std::future::pending::<()>().await,
+            };
+            #[cfg(not(unix))]
+            let hup_recv = std::future::pending::<()>();
+            let settled = async {
+                match burst {
+                    Some((_, at)) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            tokio::select! {
+                () = crate::listener::stopped(&mut shutdown) => return,
+                Some(()) = rx.recv() => {
+                    // Let a burst of events (write, rename, symlink swap) settle, within a bound.
+                    let now = Instant::now();
+                    let first = burst.map_or(now, |(first, _)| first);
+                    burst = Some((first, (now + DEBOUNCE).min(first + MAX_DEBOUNCE)));
+                }
+                () = settled => break false,
+                () = hup_recv => {
+                    tracing::info!("SIGHUP: reloading");
+                    break true;
+                }
+                _ = poll.tick() => break false,
             }
         };
-        #[cfg(not(unix))]
-        let hup_recv = std::future::pending::<()>();
-        tokio::select! {
-            () = crate::listener::stopped(&mut shutdown) => return,
-            Some(()) = rx.recv() => {
-                // Let a burst of events (write, rename, symlink swap) settle.
-                while let Ok(Some(())) = tokio::time::timeout(DEBOUNCE, rx.recv()).await {}
-            }
-            () = hup_recv => {
-                tracing::info!("SIGHUP: reloading");
-                forced = true;
-            }
-            () = tokio::time::sleep(POLL) => {}
-        }
-
         let now = read_all(&files);
         let changed: Vec<&PathBuf> = files.iter().filter(|f| now.get(*f) != seen.get(*f)).collect();
         if !forced && changed.is_empty() {
@@ -187,5 +290,41 @@ pub async fn watch(shared: Arc<Shared>, rt: Arc<Runtime>, mut shutdown: watch::R
         for f in &files {
             seen.entry(f.clone()).or_insert_with(|| std::fs::read(f).ok());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use notify::event::{CreateKind, ModifyKind, RenameMode};
+
+    fn event(kind: EventKind, paths: &[&str]) -> notify::Event {
+        paths.iter().fold(notify::Event::new(kind), |e, p| e.add_path(PathBuf::from(p)))
+    }
+
+    #[test]
+    fn only_events_naming_a_watched_file_count() {
+        let names = watched_names(&[PathBuf::from("/etc/gw/gateway.toml"), PathBuf::from("/etc/gw/keys/jwks.json")]);
+        let write = EventKind::Modify(ModifyKind::Any);
+        assert!(counts(&event(write, &["/etc/gw/gateway.toml"]), &names));
+        assert!(counts(&event(write, &["/etc/gw/keys/jwks.json"]), &names));
+        assert!(!counts(&event(write, &["/etc/gw/gw.log"]), &names), "a log next to the config");
+        assert!(!counts(&event(EventKind::Create(CreateKind::File), &["/etc/gw/.gateway.toml.swp"]), &names));
+        // An editor's rename-over, and the Kubernetes `..data` swap.
+        let rename = EventKind::Modify(ModifyKind::Name(RenameMode::Both));
+        assert!(counts(&event(rename, &["/etc/gw/.gateway.toml.tmp", "/etc/gw/gateway.toml"]), &names));
+        let to = EventKind::Modify(ModifyKind::Name(RenameMode::To));
+        assert!(counts(&event(to, &["/etc/gw/..data"]), &names));
+        // Reading a file (the gateway's own reads included) is no change; a finished write is.
+        assert!(!counts(
+            &event(EventKind::Access(AccessKind::Open(AccessMode::Any)), &["/etc/gw/gateway.toml"]),
+            &names
+        ));
+        assert!(counts(
+            &event(EventKind::Access(AccessKind::Close(AccessMode::Write)), &["/etc/gw/gateway.toml"]),
+            &names
+        ));
+        // An event that names nothing (the kernel dropped events) may hide anything.
+        assert!(counts(&event(EventKind::Other, &[]), &names));
     }
 }

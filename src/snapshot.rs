@@ -28,6 +28,8 @@ pub struct Snapshot {
     pub issuer: Option<Arc<BuiltinIssuer>>,
     /// TLS for the data-plane listener, built from `[server.tls]`.
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// The settings a reload cannot apply, as the process started with them.
+    pub start_only: crate::reload::StartOnly,
 }
 
 impl Snapshot {
@@ -75,7 +77,8 @@ impl Snapshot {
             None => None,
             Some(t) => Some(crate::listener::tls_config(t)?),
         };
-        Ok(Snapshot { config, table, upstreams, verifier, issuer, tls })
+        let start_only = previous.map_or_else(|| crate::reload::StartOnly::of(&config), |p| p.start_only.clone());
+        Ok(Snapshot { config, table, upstreams, verifier, issuer, tls, start_only })
     }
 
     /// True when every issuer has keys.

@@ -921,7 +921,15 @@ async fn sighup_rereads_the_config_in_the_binary() {
     })
     .await;
     assert!(child.try_wait().expect("try_wait").is_none(), "SIGHUP ended the process; log:\n{}", read_log());
-    assert!(read_log().contains("SIGHUP"), "SIGHUP not logged; log:\n{}", read_log());
+    // The log is written by a writer thread, possibly after the metric moved.
+    eventually("SIGHUP logged", EVENTUALLY, || async {
+        if read_log().contains("SIGHUP") {
+            Ok(())
+        } else {
+            Err(format!("log:\n{}", read_log()))
+        }
+    })
+    .await;
     assert_eq!(try_get(addr, "/a").await, Ok((200, "A".to_owned())), "after SIGHUP");
 
     // An edit followed by SIGHUP takes effect (the watcher may well see the edit first).
@@ -1244,4 +1252,369 @@ async fn request_in_flight_finishes_on_its_snapshot() {
     assert_eq!(resp.status, 200, "request in flight across the reload: {resp:?}");
     assert!(resp.body.contains(r#""upstream":"u1""#), "request in flight across the reload: {resp:?}");
     gw.stop().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// 17. Files written next to the config (a log, a sidecar's output) do not hold reloads up
+// ---------------------------------------------------------------------------------------------
+
+/// Appends a line to a file every 50 ms from its own thread until stopped, as a log file next
+/// to the config does (`scopegate > gw.log` in the config's directory).
+struct Scribbler {
+    stop: Arc<AtomicBool>,
+    lines: Arc<AtomicUsize>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Scribbler {
+    /// Starts writing, and returns once a few lines are written.
+    async fn start(path: PathBuf) -> Scribbler {
+        let stop = Arc::new(AtomicBool::new(false));
+        let lines = Arc::new(AtomicUsize::new(0));
+        let (flag, count) = (Arc::clone(&stop), Arc::clone(&lines));
+        let thread = std::thread::spawn(move || {
+            use std::io::Write as _;
+            let mut file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            while !flag.load(Ordering::SeqCst) {
+                let n = count.fetch_add(1, Ordering::SeqCst);
+                let _ = writeln!(file, "line {n}");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        });
+        let scribbler = Scribbler { stop, lines, thread: Some(thread) };
+        eventually("the first lines of the neighbouring file", EVENTUALLY, || async {
+            let n = scribbler.lines();
+            if n >= 5 {
+                Ok(())
+            } else {
+                Err(format!("{n} lines"))
+            }
+        })
+        .await;
+        scribbler
+    }
+
+    fn lines(&self) -> usize {
+        self.lines.load(Ordering::SeqCst)
+    }
+
+    fn finish(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            t.join().expect("scribbler thread");
+        }
+    }
+}
+
+impl Drop for Scribbler {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+/// Replaces `path` by rename-over with `contents` every 50 ms until stopped: an edit whose
+/// file events never pause.
+fn keep_replacing(path: PathBuf, contents: String, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<usize> {
+    std::thread::spawn(move || {
+        let mut writes = 0;
+        while !stop.load(Ordering::SeqCst) {
+            replace_by_rename(&path, &contents);
+            writes += 1;
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        writes
+    })
+}
+
+/// Deadline for a reload under file noise: generous, and far below "never" (the old behaviour).
+const UNDER_NOISE: Duration = Duration::from_secs(10);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_written_next_to_the_config_does_not_hold_reloads_up() {
+    let v1 = server_toml("") + &mock_route("/a", "A", PUBLIC);
+    let gw = Gw::start(&v1).await;
+    assert_ok(&gw.get("/a", None).await, "A", "before any edit");
+    let log = Scribbler::start(gw.dir.path().join("gw.log")).await;
+    let lines = log.lines();
+
+    // One edit while the log next to the config is written every 50 ms.
+    let v2 = v1.clone() + &mock_route("/b", "B", PUBLIC);
+    gw.rewrite(&v2);
+    eventually("an edit made while a log next to the config is written", UNDER_NOISE, || async {
+        answered(&gw.get("/b", None).await, "B")
+    })
+    .await;
+
+    // The config itself replaced every 50 ms: its events never pause for the debounce, so
+    // only the debounce's maximum delay lets the reload happen.
+    let v3 = v2 + &mock_route("/c", "C", PUBLIC);
+    let stop = Arc::new(AtomicBool::new(false));
+    let editor = keep_replacing(gw.config.clone(), v3, Arc::clone(&stop));
+    eventually("an edit whose file events never pause", UNDER_NOISE, || async {
+        answered(&gw.get("/c", None).await, "C")
+    })
+    .await;
+    stop.store(true, Ordering::SeqCst);
+    let writes = editor.join().expect("editor thread");
+    let lines = log.lines() - lines;
+    drop(log);
+    assert!(lines >= 2 && writes >= 2, "the noise did not go on: {lines} log lines, {writes} config writes");
+    assert_eq!(gw.reloads("error"), 0, "a rename-over was read half-written");
+    for (path, body) in [("/a", "A"), ("/b", "B"), ("/c", "C")] {
+        assert_ok(&gw.get(path, None).await, body, "after the edits");
+    }
+    gw.stop().await;
+}
+
+/// The real binary, its output in `log` (which may sit next to its config), with an admin
+/// listener for `/metrics`.
+#[cfg(unix)]
+struct Binary {
+    child: tokio::process::Child,
+    pid: u32,
+    addr: SocketAddr,
+    admin: SocketAddr,
+    log: PathBuf,
+}
+
+#[cfg(unix)]
+impl Binary {
+    /// Writes `[server]` (listen, admin_listen, `server_extra` lines) + `[log]` text + `rest`
+    /// to `config`, starts the binary on it and waits until it answers `GET probe` with 200.
+    async fn start(config: &Path, log: PathBuf, server_extra: &str, rest: &str, probe: &str) -> Binary {
+        let (addr, admin): (SocketAddr, SocketAddr) = (
+            format!("127.0.0.1:{}", free_port()).parse().expect("addr"),
+            format!("127.0.0.1:{}", free_port()).parse().expect("addr"),
+        );
+        let toml = Binary::config(addr, admin, server_extra, rest);
+        write_new(config, &toml);
+        let file = std::fs::File::create(&log).expect("create log");
+        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_scopegate"))
+            .arg("--config")
+            .arg(config)
+            .env("RUST_LOG", "info")
+            .env_remove("SCOPEGATE_CONFIG")
+            .stdin(std::process::Stdio::null())
+            .stdout(file.try_clone().expect("clone log handle"))
+            .stderr(file)
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn scopegate");
+        let pid = child.id().expect("child pid");
+        let mut bin = Binary { child, pid, addr, admin, log };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = bin.child.try_wait().expect("try_wait") {
+                panic!("scopegate exited at start ({status}); log:\n{}", bin.read_log());
+            }
+            if let Ok((200, _)) = try_get(addr, probe).await {
+                break;
+            }
+            assert!(Instant::now() < deadline, "scopegate did not serve {probe} within 30 s; log:\n{}", bin.read_log());
+            sleep(Duration::from_millis(100)).await;
+        }
+        // The signal handler is installed by a task spawned just before the listener's; give
+        // it a moment so a SIGHUP cannot arrive before it (the default action ends the process).
+        sleep(Duration::from_millis(300)).await;
+        bin
+    }
+
+    fn config(addr: SocketAddr, admin: SocketAddr, server_extra: &str, rest: &str) -> String {
+        format!(
+            "[server]\nlisten = \"{addr}\"\nadmin_listen = \"{admin}\"\nshutdown_grace = \"2s\"\n{server_extra}\n\n[log]\nformat = \"text\"\n\n{rest}"
+        )
+    }
+
+    fn read_log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    async fn metric(&self, series: &str) -> Result<f64, String> {
+        match try_get(self.admin, "/metrics").await? {
+            (200, text) => Ok(metric(&text, series)),
+            (status, _) => Err(format!("/metrics: {status}")),
+        }
+    }
+
+    /// SIGTERM; the process drains and exits 0.
+    async fn stop(mut self) {
+        signal(self.pid, "-TERM").await;
+        let status = timeout(Duration::from_secs(20), self.child.wait())
+            .await
+            .unwrap_or_else(|_| panic!("no exit within 20 s of SIGTERM; log:\n{}", self.read_log()))
+            .expect("wait");
+        assert!(status.success(), "exit status {status}; log:\n{}", self.read_log());
+    }
+}
+
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_and_edits_reload_while_the_log_is_written_next_to_the_config() {
+    const RELOADS_OK: &str = "scopegate_config_reloads_total{result=\"ok\"}";
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("gateway.toml");
+    // As in `scopegate > gw.log` run in the config's directory, plus a busier neighbour.
+    let bin = Binary::start(&config, dir.path().join("gw.log"), "", &mock_route("/a", "A", PUBLIC), "/a").await;
+    let noise = Scribbler::start(dir.path().join("sidecar.log")).await;
+    let lines = noise.lines();
+
+    // SIGHUP with the file untouched: a counted reload is the signal's doing alone.
+    let before = bin.metric(RELOADS_OK).await.expect("metrics");
+    signal(bin.pid, "-HUP").await;
+    eventually("a reload counted after SIGHUP under file noise", UNDER_NOISE, || async {
+        let now = bin.metric(RELOADS_OK).await?;
+        if now > before {
+            Ok(())
+        } else {
+            Err(format!("{RELOADS_OK} = {now}"))
+        }
+    })
+    .await;
+
+    // An edit in place, no signal: the watcher applies it.
+    let v2 = Binary::config(bin.addr, bin.admin, "", &(mock_route("/a", "A", PUBLIC) + &mock_route("/b", "B", PUBLIC)));
+    rewrite_in_place(&config, &v2);
+    eventually("an edit applied by the watcher under file noise", UNDER_NOISE, || async {
+        match try_get(bin.addr, "/b").await? {
+            (200, body) if body == "B" => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    assert!(noise.lines() > lines, "the sidecar log was not written meanwhile");
+    drop(noise);
+    assert_eq!(try_get(bin.addr, "/a").await, Ok((200, "A".to_owned())), "after the reloads");
+    bin.stop().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// 18. Settings a reload cannot apply are flagged as taking a restart
+// ---------------------------------------------------------------------------------------------
+
+/// `scopegate_config_restart_required{setting=...}` in the server's exposition.
+fn restart_required(gw: &Gw, setting: &str) -> f64 {
+    let series = format!("scopegate_config_restart_required{{setting=\"{setting}\"}}");
+    metric(&gw.server().metrics().render(), &series)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_connections_change_is_flagged_as_taking_a_restart() {
+    let routes = mock_route("/a", "A", PUBLIC);
+    let gw = Gw::start(&(server_toml("max_connections = 100") + &routes)).await;
+    assert_eq!(restart_required(&gw, "server.max_connections"), 0.0, "at start");
+
+    std::fs::write(&gw.config, server_toml("max_connections = 5") + &routes).expect("write");
+    gw.server().reload().await.expect("reload");
+    assert_eq!(restart_required(&gw, "server.max_connections"), 1.0, "after changing max_connections");
+    assert_eq!(restart_required(&gw, "server.listen"), 0.0, "listen did not change");
+    assert_ok(&gw.get("/a", None).await, "A", "after the reload");
+
+    // Back to the value the process runs with: nothing waits for a restart any more.
+    std::fs::write(&gw.config, server_toml("max_connections = 100") + &routes).expect("write");
+    gw.server().reload().await.expect("reload");
+    assert_eq!(restart_required(&gw, "server.max_connections"), 0.0, "after changing it back");
+    gw.stop().await;
+}
+
+/// A self-signed certificate for localhost / 127.0.0.1: (cert PEM, key PEM, cert DER).
+fn self_signed() -> (String, String, rustls_pki_types::CertificateDer<'static>) {
+    let key = rcgen::KeyPair::generate().expect("key pair");
+    let params = rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).expect("params");
+    let cert = params.self_signed(&key).expect("self-signed cert");
+    (cert.pem(), key.serialize_pem(), cert.der().clone())
+}
+
+/// GET `path` over TLS trusting only `cert`, `connection: close`: (status, body).
+async fn tls_get(
+    addr: SocketAddr,
+    cert: &rustls_pki_types::CertificateDer<'static>,
+    path: &str,
+) -> Result<(u16, String), String> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert.clone()).map_err(|e| e.to_string())?;
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let exchange = async {
+        let tcp = TcpStream::connect(addr).await.map_err(|e| format!("connect: {e}"))?;
+        let name = rustls_pki_types::ServerName::try_from("localhost").map_err(|e| e.to_string())?;
+        let mut tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+            .connect(name, tcp)
+            .await
+            .map_err(|e| format!("TLS handshake: {e}"))?;
+        let req = format!("GET {path} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n");
+        tls.write_all(req.as_bytes()).await.map_err(|e| e.to_string())?;
+        let mut buf = Vec::new();
+        let _ = tls.read_to_end(&mut buf).await;
+        let text = String::from_utf8_lossy(&buf).into_owned();
+        let status = text.get(9..12).and_then(|s| s.parse().ok()).ok_or_else(|| format!("no status line: {text:?}"))?;
+        let body = text.split_once("\r\n\r\n").map_or(String::new(), |(_, b)| b.to_owned());
+        Ok((status, body))
+    };
+    timeout(Duration::from_secs(5), exchange).await.map_err(|_| "TLS GET timed out".to_owned())?
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removing_tls_is_flagged_as_taking_a_restart_and_tls_keeps_serving() {
+    let (cert_pem, key_pem, cert_der) = self_signed();
+    let routes = mock_route("/a", "A", PUBLIC);
+    let tls = "[server.tls]\ncert = \"cert.pem\"\nkey = \"key.pem\"\n\n";
+    let with_tls = server_toml("") + tls + &routes;
+    let gw = Gw::start_with_files(&with_tls, &[("cert.pem", &cert_pem), ("key.pem", &key_pem)]).await;
+    assert_eq!(tls_get(gw.addr, &cert_der, "/a").await, Ok((200, "A".to_owned())), "TLS at start");
+    assert_eq!(restart_required(&gw, "server.tls"), 0.0, "at start");
+
+    std::fs::write(&gw.config, server_toml("") + &routes).expect("write");
+    gw.server().reload().await.expect("reload");
+    assert_eq!(restart_required(&gw, "server.tls"), 1.0, "after removing [server.tls]");
+    // The listener stays what it was started as until a restart.
+    assert_eq!(tls_get(gw.addr, &cert_der, "/a").await, Ok((200, "A".to_owned())), "TLS after the reload");
+
+    std::fs::write(&gw.config, &with_tls).expect("write");
+    gw.server().reload().await.expect("reload");
+    assert_eq!(restart_required(&gw, "server.tls"), 0.0, "after putting [server.tls] back");
+    gw.stop().await;
+}
+
+/// The binary logs each setting a reload cannot apply, with its old and new values.
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_logs_settings_that_take_a_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("conf").join("gateway.toml");
+    let routes = mock_route("/a", "A", PUBLIC);
+    let bin = Binary::start(&config, dir.path().join("out.log"), "max_connections = 100", &routes, "/a").await;
+    let restart = "scopegate_config_restart_required{setting=\"server.max_connections\"}";
+    assert_eq!(bin.metric(restart).await, Ok(0.0), "at start");
+
+    rewrite_in_place(&config, &Binary::config(bin.addr, bin.admin, "max_connections = 7", &routes));
+    signal(bin.pid, "-HUP").await;
+    eventually("the max_connections change is flagged", EVENTUALLY, || async {
+        let v = bin.metric(restart).await?;
+        if v == 1.0 {
+            Ok(())
+        } else {
+            Err(format!("{restart} = {v}"))
+        }
+    })
+    .await;
+    // The log is written by a writer thread: wait for the line.
+    let line = eventually("the warning in the log", EVENTUALLY, || async {
+        let log = bin.read_log();
+        log.lines().find(|l| l.contains("takes a restart")).map(str::to_owned).ok_or(format!("no warning; log:\n{log}"))
+    })
+    .await;
+    for part in ["WARN", "server.max_connections", "100", "7"] {
+        assert!(line.contains(part), "{part:?} missing from {line:?}");
+    }
+    assert_eq!(try_get(bin.addr, "/a").await, Ok((200, "A".to_owned())), "after the reload");
+    bin.stop().await;
 }
