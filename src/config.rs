@@ -200,6 +200,7 @@ struct RawServer {
     admin_listen: Option<Spanned<Str>>,
     request_timeout: Option<Dur>,
     header_read_timeout: Option<Dur>,
+    idle_timeout: Option<Dur>,
     max_header_bytes: Option<Spanned<i64>>,
     max_connections: Option<Spanned<i64>>,
     shutdown_grace: Option<Dur>,
@@ -332,6 +333,9 @@ pub struct ServerConfig {
     pub admin_listen: Option<SocketAddr>,
     pub request_timeout: Duration,
     pub header_read_timeout: Duration,
+    /// A connection with no request in flight (HTTP/1.1 keep-alive, HTTP/2, or a tunnel with
+    /// no bytes either way) for this long is closed.
+    pub idle_timeout: Duration,
     pub max_header_bytes: usize,
     pub max_connections: usize,
     pub shutdown_grace: Duration,
@@ -721,6 +725,7 @@ fn validate_server(s: RawServer, base: &Path, d: &mut Diags<'_>) -> Option<Serve
         admin_listen,
         request_timeout: s.request_timeout.map_or(Duration::from_secs(30), |v| v.0),
         header_read_timeout: s.header_read_timeout.map_or(Duration::from_secs(10), |v| v.0),
+        idle_timeout: s.idle_timeout.map_or(Duration::from_secs(60), |v| v.0),
         max_header_bytes: max_header_bytes?,
         max_connections: max_connections?,
         shutdown_grace: s.shutdown_grace.map_or(Duration::from_secs(20), |v| v.0),

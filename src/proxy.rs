@@ -20,6 +20,7 @@ use http::request::Parts;
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
+use tokio::sync::OwnedSemaphorePermit;
 
 use crate::auth::verify::Principal;
 use crate::auth::{extract, scope};
@@ -64,18 +65,31 @@ impl Shared {
 }
 
 /// What the listener knows about a connection.
+///
+/// A request that may upgrade carries its connection's `Arc<ConnInfo>` in its extensions, so
+/// that the tunnel it turns into holds the connection's slot (see [`ConnInfo::with_slot`]).
 pub struct ConnInfo {
     pub remote: SocketAddr,
     pub tls: bool,
     /// The client address as an `x-forwarded-for` value, formatted once per connection.
     pub remote_ip: HeaderValue,
+    /// The connection's place under `max_connections`, given back when the last holder of this
+    /// `ConnInfo` ends: the connection, or the tunnel an upgrade turned it into.
+    slot: Option<OwnedSemaphorePermit>,
 }
 
 impl ConnInfo {
     pub fn new(remote: SocketAddr, tls: bool) -> ConnInfo {
         let remote_ip =
             HeaderValue::from_str(&remote.ip().to_string()).unwrap_or_else(|_| HeaderValue::from_static("unknown"));
-        ConnInfo { remote, tls, remote_ip }
+        ConnInfo { remote, tls, remote_ip, slot: None }
+    }
+
+    /// Ties the connection's `max_connections` permit to this `ConnInfo`.
+    #[must_use]
+    pub fn with_slot(mut self, slot: OwnedSemaphorePermit) -> ConnInfo {
+        self.slot = Some(slot);
+        self
     }
 }
 
