@@ -19,7 +19,6 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::request::Parts;
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
 use tokio::sync::OwnedSemaphorePermit;
 
 use crate::auth::verify::Principal;
@@ -30,6 +29,7 @@ use crate::issuer::BuiltinIssuer;
 use crate::metrics::{method_label, Metrics};
 use crate::route::{self, Match};
 use crate::snapshot::Snapshot;
+use crate::tunnel;
 use crate::upstream::{self, Upstream};
 
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -303,23 +303,33 @@ fn rewrite_headers(
 }
 
 async fn forward(snap: &Snapshot, upstream: &Upstream, mut req: Request<Incoming>) -> Result<Response<Body>, Reject> {
+    // Present only on a request that may upgrade (the listener puts it there).
+    let conn = req.extensions_mut().remove::<Arc<ConnInfo>>();
+    // Only WebSocket is relayed: the hygiene has already dropped any other `Upgrade`, and the
+    // one protocol forwarded is websocket, whatever else the client offered next to it.
     let upgrade = upstream::is_upgrade(req.headers());
+    if upgrade {
+        req.headers_mut().insert(header::UPGRADE, HeaderValue::from_static(upstream::WEBSOCKET));
+    }
     let client_side = upgrade.then(|| hyper::upgrade::on(&mut req));
     let mut resp = upstream.send(req, snap.config.server.request_timeout).await?;
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        // A 101 the client never asked for, or to another protocol, cannot be relayed; the
+        // upstream connection that sent it is dropped with the response.
         let Some(client_side) = client_side else {
-            // A 101 the client never asked for cannot be relayed.
             return Err(Reject::BadGateway);
         };
+        if !upstream::switches_to_websocket(resp.headers()) {
+            tracing::debug!(upstream = %upstream.config.name, "a 101 to another protocol than websocket");
+            return Err(Reject::BadGateway);
+        }
         let upstream_side = hyper::upgrade::on(&mut resp);
+        let idle = snap.config.server.idle_timeout;
         tokio::spawn(async move {
+            // The tunnel keeps its client connection's slot under max_connections until it ends.
+            let _slot = conn;
             match tokio::try_join!(client_side, upstream_side) {
-                Ok((c, u)) => {
-                    let (mut c, mut u) = (TokioIo::new(c), TokioIo::new(u));
-                    if let Err(e) = tokio::io::copy_bidirectional(&mut c, &mut u).await {
-                        tracing::debug!(error = %e, "upgraded connection ended");
-                    }
-                }
+                Ok((c, u)) => tunnel::relay(c, u, idle).await,
                 Err(e) => tracing::debug!(error = %e, "upgrade failed"),
             }
         });
