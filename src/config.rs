@@ -200,7 +200,7 @@ struct RawServer {
     admin_listen: Option<Spanned<Str>>,
     request_timeout: Option<Dur>,
     header_read_timeout: Option<Dur>,
-    idle_timeout: Option<Dur>,
+    idle_timeout: Option<Spanned<Dur>>,
     max_header_bytes: Option<Spanned<i64>>,
     max_connections: Option<Spanned<i64>>,
     shutdown_grace: Option<Dur>,
@@ -704,6 +704,16 @@ fn validate_server(s: RawServer, base: &Path, d: &mut Diags<'_>) -> Option<Serve
     let admin_listen = addr(s.admin_listen, "admin_listen", d);
     let max_header_bytes = positive(s.max_header_bytes, "server.max_header_bytes", 16384, d);
     let max_connections = positive(s.max_connections, "server.max_connections", 10000, d);
+    // Zero would close every connection as soon as it has no request; it does not mean "never".
+    let idle_timeout = match s.idle_timeout {
+        None => Duration::from_secs(60),
+        Some(t) if !t.get_ref().0.is_zero() => t.get_ref().0,
+        Some(t) => {
+            d.at(&t.span(), "server.idle_timeout must be more than 0, like \"60s\"");
+            ok = false;
+            Duration::ZERO
+        }
+    };
     let tls = match s.tls {
         None => None,
         Some(t) => {
@@ -725,7 +735,7 @@ fn validate_server(s: RawServer, base: &Path, d: &mut Diags<'_>) -> Option<Serve
         admin_listen,
         request_timeout: s.request_timeout.map_or(Duration::from_secs(30), |v| v.0),
         header_read_timeout: s.header_read_timeout.map_or(Duration::from_secs(10), |v| v.0),
-        idle_timeout: s.idle_timeout.map_or(Duration::from_secs(60), |v| v.0),
+        idle_timeout,
         max_header_bytes: max_header_bytes?,
         max_connections: max_connections?,
         shutdown_grace: s.shutdown_grace.map_or(Duration::from_secs(20), |v| v.0),

@@ -264,3 +264,58 @@ async fn a_slow_request_in_flight_is_not_cut_by_idle_timeout() {
     assert_eq!(upstream.count(), 2);
     gw.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_zero_idle_timeout_is_refused() {
+    let err = match Gateway::try_start(&config("idle_timeout = \"0s\"")).await {
+        Ok(gw) => {
+            gw.stop().await;
+            panic!("idle_timeout = 0s was accepted");
+        }
+        Err(e) => e,
+    };
+    assert!(err.contains("gateway.toml:3:") && err.contains("server.idle_timeout must be more than 0"), "{err}");
+}
+
+/// Over TLS the deadline counts from accept too: a client that completes the handshake and
+/// then says nothing (here with ALPN h2, so no HTTP/1.1 timer of hyper's applies) is closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_tls_connection_is_closed_after_header_read_timeout() {
+    use std::sync::Arc;
+    let key = rcgen::KeyPair::generate().expect("key pair");
+    let params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).expect("params");
+    let cert = params.self_signed(&key).expect("self-signed cert");
+    let gw = Gateway::start_with_files(
+        &config("max_connections = 1\nheader_read_timeout = \"500ms\"\n[server.tls]\ncert = \"cert.pem\"\nkey = \"key.pem\""),
+        &[("cert.pem", &cert.pem()), ("key.pem", &key.serialize_pem())],
+    )
+    .await;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert.der().clone()).expect("trust anchor");
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut client = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("protocol versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    client.alpn_protocols = vec![b"h2".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
+    let tcp = TcpStream::connect(gw.addr).await.expect("connect");
+    let name = rustls_pki_types::ServerName::try_from("localhost").expect("server name");
+    let mut tls = tokio::time::timeout(Duration::from_secs(5), connector.connect(name, tcp))
+        .await
+        .expect("TLS handshake within 5 s")
+        .expect("TLS handshake");
+    let mut sink = [0u8; 1024];
+    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match tls.read(&mut sink).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "a silent TLS connection held max_connections = 1 past header_read_timeout");
+    gw.stop().await;
+}
