@@ -275,6 +275,9 @@ struct RawServer {
     request_timeout: Option<Dur>,
     /// Time a connection has to deliver a complete request head. Default "10s".
     header_read_timeout: Option<Dur>,
+    /// A connection with no request in flight for this long is closed (HTTP/1.1, HTTP/2, WebSocket tunnels). Default "60s".
+    #[schemars(with = "Option<Dur>")]
+    idle_timeout: Option<Spanned<Dur>>,
     /// Largest request head in bytes (431 beyond). Default 16384.
     #[schemars(with = "Option<i64>")]
     max_header_bytes: Option<Spanned<i64>>,
@@ -474,6 +477,9 @@ pub struct ServerConfig {
     pub admin_listen: Option<SocketAddr>,
     pub request_timeout: Duration,
     pub header_read_timeout: Duration,
+    /// A connection with no request in flight (HTTP/1.1 keep-alive, HTTP/2, or a tunnel with
+    /// no bytes either way) for this long is closed.
+    pub idle_timeout: Duration,
     pub max_header_bytes: usize,
     pub max_connections: usize,
     pub shutdown_grace: Duration,
@@ -897,6 +903,16 @@ fn validate_server(s: RawServer, base: &Path, d: &mut Diags<'_>) -> Option<Serve
     let admin_listen = addr(s.admin_listen, "admin_listen", d);
     let max_header_bytes = positive(s.max_header_bytes, "server.max_header_bytes", 16384, d);
     let max_connections = positive(s.max_connections, "server.max_connections", 10000, d);
+    // Zero would close every connection as soon as it has no request; it does not mean "never".
+    let idle_timeout = match s.idle_timeout {
+        None => Duration::from_secs(60),
+        Some(t) if !t.get_ref().0.is_zero() => t.get_ref().0,
+        Some(t) => {
+            d.at(&t.span(), "server.idle_timeout must be more than 0, like \"60s\"");
+            ok = false;
+            Duration::ZERO
+        }
+    };
     let tls = match s.tls {
         None => None,
         Some(t) => {
@@ -918,6 +934,7 @@ fn validate_server(s: RawServer, base: &Path, d: &mut Diags<'_>) -> Option<Serve
         admin_listen,
         request_timeout: s.request_timeout.map_or(Duration::from_secs(30), |v| v.0),
         header_read_timeout: s.header_read_timeout.map_or(Duration::from_secs(10), |v| v.0),
+        idle_timeout,
         max_header_bytes: max_header_bytes?,
         max_connections: max_connections?,
         shutdown_grace: s.shutdown_grace.map_or(Duration::from_secs(20), |v| v.0),

@@ -17,6 +17,7 @@ pub mod proxy;
 pub mod reload;
 pub mod route;
 pub mod snapshot;
+pub mod tunnel;
 pub mod upstream;
 
 use std::fmt;

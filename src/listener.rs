@@ -1,18 +1,48 @@
 //! The data-plane accept loop: HTTP/1.1 and HTTP/2 (prior knowledge) on one port, the
-//! connection limit, header timeouts and sizes, and graceful shutdown.
+//! connection limit, header and idle timeouts, sizes, and graceful shutdown.
+//!
+//! A connection holds one of `max_connections` slots from accept until it closes, so every
+//! wait a client controls is bounded here:
+//! - until its first request head: `header_read_timeout` from accept, whatever stage it is in
+//!   (TLS handshake, the first bytes that pick HTTP/1.1 or HTTP/2, the HTTP/2 handshake, a
+//!   partial head). hyper's own HTTP/1.1 header timer only starts once the protocol is known.
+//! - between requests: `idle_timeout` with no request in flight, on both protocols. Idle means
+//!   no request, not no bytes: HTTP/2 PINGs (the client's or ours) do not keep a connection.
+//!   hyper's HTTP/1.1 header timer also bounds the wait for each next head, so an HTTP/1.1
+//!   keep-alive connection waits at most the shorter of the two.
+//!
+//! Either limit closes the connection gracefully (HTTP/2 GOAWAY, HTTP/1.1 close); one that
+//! does not finish closing while nothing is in flight is dropped after [`LINGER`].
 
+use std::convert::Infallible;
+use std::fmt::Display;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use http::{header, Request};
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
+use tokio::time::Instant;
 
 use crate::config::TlsConfig;
+use crate::error::Body;
 use crate::proxy::{self, ConnInfo, Shared};
+
+/// How long a connection told to close may take to do so while nothing is in flight, before it
+/// is dropped: a client that never acknowledges an HTTP/2 GOAWAY cannot keep its slot.
+const LINGER: Duration = Duration::from_secs(1);
+
+/// The watchdog's shortest period, whatever `idle_timeout` says.
+const MIN_LOOK: Duration = Duration::from_millis(100);
 
 /// Builds the rustls server config from PEM files: TLS 1.2 and 1.3 with rustls' modern cipher
 /// suites (aws-lc-rs), ALPN h2 then http/1.1.
@@ -39,8 +69,7 @@ pub fn tls_config(t: &TlsConfig) -> Result<Arc<rustls::ServerConfig>, String> {
 
 /// A protocol builder for the limits of the current snapshot. Built per connection, so a
 /// reload's new limits apply to new connections.
-fn builder(shared: &Shared) -> auto::Builder<TokioExecutor> {
-    let server = shared.snapshot.load().config.server.clone();
+fn builder(server: &crate::config::ServerConfig) -> auto::Builder<TokioExecutor> {
     let mut b = auto::Builder::new(TokioExecutor::new());
     // hyper answers a head that overflows its buffer with a bare 431; heads between
     // `max_header_bytes` and the buffer size get the JSON 431 from the pipeline.
@@ -64,6 +93,24 @@ pub async fn stopped(shutdown: &mut watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|s| *s).await;
 }
 
+/// The per-connection timeouts, read from the snapshot at accept.
+#[derive(Clone, Copy)]
+struct Limits {
+    header_read: Duration,
+    idle: Duration,
+}
+
+/// What one connection task needs besides its socket.
+struct Conn {
+    shared: Arc<Shared>,
+    builder: auto::Builder<TokioExecutor>,
+    limits: Limits,
+    activity: Arc<Activity>,
+    shutdown: watch::Receiver<bool>,
+    /// Held until the task ends; the accept loop waits for every one to be dropped.
+    _drain: watch::Receiver<()>,
+}
+
 /// Accepts until `shutdown` turns true, then waits for in-flight connections up to `grace`.
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
     let max = shared.snapshot.load().config.server.max_connections;
@@ -71,7 +118,8 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, mut shutdown: wat
     let mut tls = shared.snapshot.load().tls.clone();
     let limit = Arc::new(Semaphore::new(max));
     let local = listener.local_addr().ok();
-    let graceful = GracefulShutdown::new();
+    // Every connection task holds a receiver; `closed()` resolves once all have ended.
+    let (drain, _) = watch::channel(());
     loop {
         // Beyond `max_connections` new connections wait in the kernel's backlog.
         let permit = tokio::select! {
@@ -93,22 +141,30 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, mut shutdown: wat
             },
             () = stopped(&mut shutdown) => break,
         };
+        let accepted = Instant::now();
         let _ = stream.set_nodelay(true);
-        let shared_c = Arc::clone(&shared);
-        let builder = builder(&shared);
-        // The services below box each request's future: hyper keeps a slot of the future's
-        // size (about 2.4 KiB) for every connection, idle or not; boxed, the slot is a pointer.
+        let snap = shared.snapshot.load();
+        let server = &snap.config.server;
+        let limits = Limits { header_read: server.header_read_timeout, idle: server.idle_timeout };
+        let conn = Conn {
+            shared: Arc::clone(&shared),
+            builder: builder(server),
+            limits,
+            activity: Arc::new(Activity::new(accepted)),
+            shutdown: shutdown.clone(),
+            _drain: drain.subscribe(),
+        };
         if let Some(current) = &mut tls {
-            if let Some(newest) = &shared.snapshot.load().tls {
+            if let Some(newest) = &snap.tls {
                 if !Arc::ptr_eq(current, newest) {
                     *current = Arc::clone(newest);
                 }
             }
             let acceptor = tokio_rustls::TlsAcceptor::from(Arc::clone(current));
-            let handshake_timeout = shared.snapshot.load().config.server.header_read_timeout;
-            let watcher = graceful.watcher();
             tokio::spawn(async move {
-                let stream = match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+                // The handshake counts against the time to the first request head.
+                let deadline = accepted + limits.header_read;
+                let stream = match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
                     Ok(Ok(s)) => s,
                     Ok(Err(e)) => {
                         tracing::debug!(%remote, error = %e, "TLS handshake failed");
@@ -119,31 +175,174 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, mut shutdown: wat
                         return;
                     }
                 };
-                let info = Arc::new(ConnInfo::new(remote, true).with_local(local));
-                let service =
-                    service_fn(move |req| Box::pin(proxy::handle(Arc::clone(&shared_c), Arc::clone(&info), req)));
-                let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                if let Err(e) = watcher.watch(conn.into_owned()).await {
-                    tracing::debug!(error = %e, "connection ended with an error");
-                }
-                drop(permit);
+                serve_connection(conn, stream, ConnInfo::new(remote, true).with_local(local).with_slot(permit)).await;
             });
         } else {
-            let info = Arc::new(ConnInfo::new(remote, false).with_local(local));
-            let service = service_fn(move |req| Box::pin(proxy::handle(Arc::clone(&shared_c), Arc::clone(&info), req)));
-            let conn =
-                graceful.watch(builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned());
-            tokio::spawn(async move {
-                if let Err(e) = conn.await {
-                    tracing::debug!(error = %e, "connection ended with an error");
-                }
-                drop(permit);
-            });
+            tokio::spawn(serve_connection(
+                conn,
+                stream,
+                ConnInfo::new(remote, false).with_local(local).with_slot(permit),
+            ));
         }
     }
     drop(listener);
     let grace = shared.snapshot.load().config.server.shutdown_grace;
-    if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
+    if tokio::time::timeout(grace, drain.closed()).await.is_err() {
         tracing::warn!(?grace, "shutdown grace elapsed; closing remaining connections");
+    }
+}
+
+/// Serves one connection until it closes, the watchdog closes it, or the server shuts down.
+async fn serve_connection<IO>(conn: Conn, io: IO, info: ConnInfo)
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let Conn { shared, builder, limits, activity, mut shutdown, _drain } = conn;
+    let info = Arc::new(info);
+    let service = {
+        let activity = Arc::clone(&activity);
+        service_fn(move |mut req: Request<Incoming>| {
+            let in_flight = activity.begin();
+            // A tunnel outlives the connection's task: it holds the connection's slot itself.
+            if req.headers().contains_key(header::UPGRADE) {
+                req.extensions_mut().insert(Arc::clone(&info));
+            }
+            let handled = proxy::handle(Arc::clone(&shared), Arc::clone(&info), req);
+            // Boxed: hyper keeps a slot of the future's size (about 2.4 KiB) for every
+            // connection, idle or not; boxed, the slot is a pointer.
+            Box::pin(async move {
+                let resp = handled.await?;
+                // In flight until the response body is sent (or dropped), not just its head.
+                Ok::<_, Infallible>(resp.map(|body| Tracked { body, _in_flight: in_flight }))
+            })
+        })
+    };
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+    tokio::pin!(conn);
+    let why = tokio::select! {
+        r = conn.as_mut() => return log_end(r),
+        why = watchdog(&activity, limits) => why,
+        () = stopped(&mut shutdown) => "server shutting down",
+    };
+    tracing::debug!(reason = why, "closing connection");
+    conn.as_mut().graceful_shutdown();
+    tokio::select! {
+        r = conn.as_mut() => log_end(r),
+        () = linger(&activity) => tracing::debug!("connection not closed after graceful shutdown; dropped"),
+    }
+}
+
+fn log_end<E: Display>(r: Result<(), E>) {
+    if let Err(e) = r {
+        tracing::debug!(error = %e, "connection ended with an error");
+    }
+}
+
+/// Resolves when the connection is to be closed, with the reason: no complete request head
+/// within `header_read` of accept, or no request in flight for `idle`.
+///
+/// The service does not wake the watchdog (that would cost every request a notification);
+/// the watchdog looks again at least every `idle` instead, and a deadline counts from the
+/// instant the state began, so a close is never late by more than scheduling.
+async fn watchdog(activity: &Activity, limits: Limits) -> &'static str {
+    let every = limits.idle.max(MIN_LOOK);
+    loop {
+        let now = Instant::now();
+        let (deadline, why) = match activity.state() {
+            State::Busy => (now + every, ""),
+            State::New => (activity.accepted + limits.header_read, "no request head within header_read_timeout"),
+            State::IdleSince(t) => (t + limits.idle, "idle_timeout"),
+        };
+        if deadline <= now {
+            return why;
+        }
+        tokio::time::sleep_until(deadline.min(now + every)).await;
+    }
+}
+
+/// After a graceful shutdown: resolves once nothing is in flight, at least [`LINGER`] later.
+async fn linger(activity: &Activity) {
+    loop {
+        tokio::time::sleep(LINGER).await;
+        if !matches!(activity.state(), State::Busy) {
+            return;
+        }
+    }
+}
+
+/// Requests in flight on one connection and when it last had none, shared by the connection's
+/// service and its watchdog. Atomics only: a request costs two read-modify-writes.
+struct Activity {
+    accepted: Instant,
+    in_flight: AtomicUsize,
+    /// When the last request ended, in microseconds since `accepted`, plus one; 0 before the
+    /// first request.
+    idle_since: AtomicU64,
+}
+
+enum State {
+    /// No request yet.
+    New,
+    Busy,
+    IdleSince(Instant),
+}
+
+impl Activity {
+    fn new(accepted: Instant) -> Activity {
+        Activity { accepted, in_flight: AtomicUsize::new(0), idle_since: AtomicU64::new(0) }
+    }
+
+    fn begin(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        InFlight(Arc::clone(self))
+    }
+
+    fn state(&self) -> State {
+        if self.in_flight.load(Ordering::Acquire) > 0 {
+            return State::Busy;
+        }
+        match self.idle_since.load(Ordering::Relaxed) {
+            0 => State::New,
+            t => State::IdleSince(self.accepted + Duration::from_micros(t - 1)),
+        }
+    }
+}
+
+/// One request in flight, until its response body is sent or dropped.
+struct InFlight(Arc<Activity>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let a = &self.0;
+        let micros = u64::try_from(a.accepted.elapsed().as_micros()).unwrap_or(u64::MAX - 1);
+        // Recorded before the count drops, so the watchdog never sees idle without a time.
+        a.idle_since.fetch_max(micros + 1, Ordering::Relaxed);
+        a.in_flight.fetch_sub(1, Ordering::Release);
+    }
+}
+
+/// A response body that keeps its request counted as in flight.
+struct Tracked {
+    body: Body,
+    _in_flight: InFlight,
+}
+
+impl HttpBody for Tracked {
+    type Data = <Body as HttpBody>::Data;
+    type Error = <Body as HttpBody>::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
     }
 }

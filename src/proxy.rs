@@ -19,7 +19,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::request::Parts;
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
+use tokio::sync::OwnedSemaphorePermit;
 
 use crate::auth::verify::Principal;
 use crate::auth::{extract, scope};
@@ -29,6 +29,7 @@ use crate::issuer::BuiltinIssuer;
 use crate::metrics::{method_label, Metrics};
 use crate::route::{self, Match};
 use crate::snapshot::Snapshot;
+use crate::tunnel;
 use crate::upstream::{self, Upstream};
 
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -64,6 +65,9 @@ impl Shared {
 }
 
 /// What the listener knows about a connection.
+///
+/// A request that may upgrade carries its connection's `Arc<ConnInfo>` in its extensions, so
+/// that the tunnel it turns into holds the connection's slot (see [`ConnInfo::with_slot`]).
 pub struct ConnInfo {
     pub remote: SocketAddr,
     pub tls: bool,
@@ -71,18 +75,28 @@ pub struct ConnInfo {
     pub remote_ip: HeaderValue,
     /// The port the client connected to, as an `x-forwarded-port` value; `None` when unknown.
     pub local_port: Option<HeaderValue>,
+    /// The connection's place under `max_connections`, given back when the last holder of this
+    /// `ConnInfo` ends: the connection, or the tunnel an upgrade turned it into.
+    slot: Option<OwnedSemaphorePermit>,
 }
 
 impl ConnInfo {
     pub fn new(remote: SocketAddr, tls: bool) -> ConnInfo {
         let remote_ip =
             HeaderValue::from_str(&remote.ip().to_string()).unwrap_or_else(|_| HeaderValue::from_static("unknown"));
-        ConnInfo { remote, tls, remote_ip, local_port: None }
+        ConnInfo { remote, tls, remote_ip, local_port: None, slot: None }
     }
 
     /// The listener's own address, for `x-forwarded-port`.
     pub fn with_local(mut self, local: Option<SocketAddr>) -> ConnInfo {
         self.local_port = local.map(|a| HeaderValue::from(a.port()));
+        self
+    }
+
+    /// Ties the connection's `max_connections` permit to this `ConnInfo`.
+    #[must_use]
+    pub fn with_slot(mut self, slot: OwnedSemaphorePermit) -> ConnInfo {
+        self.slot = Some(slot);
         self
     }
 }
@@ -352,23 +366,33 @@ fn forwarded_for(h: &HeaderMap, conn: &ConnInfo) -> HeaderValue {
 }
 
 async fn forward(snap: &Snapshot, upstream: &Upstream, mut req: Request<Incoming>) -> Result<Response<Body>, Reject> {
+    // Present only on a request that may upgrade (the listener puts it there).
+    let conn = req.extensions_mut().remove::<Arc<ConnInfo>>();
+    // Only WebSocket is relayed: the hygiene has already dropped any other `Upgrade`, and the
+    // one protocol forwarded is websocket, whatever else the client offered next to it.
     let upgrade = upstream::is_upgrade(req.headers());
+    if upgrade {
+        req.headers_mut().insert(header::UPGRADE, HeaderValue::from_static(upstream::WEBSOCKET));
+    }
     let client_side = upgrade.then(|| hyper::upgrade::on(&mut req));
     let mut resp = upstream.send(req, snap.config.server.request_timeout).await?;
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        // A 101 the client never asked for, or to another protocol, cannot be relayed; the
+        // upstream connection that sent it is dropped with the response.
         let Some(client_side) = client_side else {
-            // A 101 the client never asked for cannot be relayed.
             return Err(Reject::BadGateway);
         };
+        if !upstream::switches_to_websocket(resp.headers()) {
+            tracing::debug!(upstream = %upstream.config.name, "a 101 to another protocol than websocket");
+            return Err(Reject::BadGateway);
+        }
         let upstream_side = hyper::upgrade::on(&mut resp);
+        let idle = snap.config.server.idle_timeout;
         tokio::spawn(async move {
+            // The tunnel keeps its client connection's slot under max_connections until it ends.
+            let _slot = conn;
             match tokio::try_join!(client_side, upstream_side) {
-                Ok((c, u)) => {
-                    let (mut c, mut u) = (TokioIo::new(c), TokioIo::new(u));
-                    if let Err(e) = tokio::io::copy_bidirectional(&mut c, &mut u).await {
-                        tracing::debug!(error = %e, "upgraded connection ended");
-                    }
-                }
+                Ok((c, u)) => tunnel::relay(c, u, idle).await,
                 Err(e) => tracing::debug!(error = %e, "upgrade failed"),
             }
         });

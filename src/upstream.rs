@@ -230,15 +230,40 @@ impl Upstream {
     }
 }
 
-/// True when the request asks to switch protocols (WebSocket and the like).
+/// True when the request asks to switch to WebSocket (RFC 6455 §4.1: `Connection: upgrade`
+/// and `websocket` among the `Upgrade` protocols), the one protocol the gateway relays. Any
+/// other `Upgrade` (`h2c`, `TLS/1.0`, ...) is a hop-by-hop header that the hygiene drops: the
+/// request goes on as an ordinary one, which RFC 9110 §7.8 allows ("a server MAY ignore a
+/// received Upgrade header field").
 pub fn is_upgrade(headers: &HeaderMap) -> bool {
-    headers.contains_key(header::UPGRADE)
+    upgrade_protocols(headers).any(|p| p.eq_ignore_ascii_case(WEBSOCKET))
         && headers
             .get_all(header::CONNECTION)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
             .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+}
+
+/// The protocol the gateway relays after a 101, and the one `Upgrade` value it forwards.
+pub const WEBSOCKET: &str = "websocket";
+
+/// True when a 101 answer switches to WebSocket and nothing else: its `Upgrade` names exactly
+/// that one protocol. Any other 101 is not relayed.
+pub fn switches_to_websocket(headers: &HeaderMap) -> bool {
+    let mut protocols = upgrade_protocols(headers);
+    protocols.next().is_some_and(|p| p.eq_ignore_ascii_case(WEBSOCKET)) && protocols.next().is_none()
+}
+
+/// The protocol names of every `Upgrade` line, without versions (`websocket/13` is `websocket`).
+fn upgrade_protocols(headers: &HeaderMap) -> impl Iterator<Item = &str> {
+    headers
+        .get_all(header::UPGRADE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|p| p.split('/').next().unwrap_or_default().trim())
+        .filter(|p| !p.is_empty())
 }
 
 /// What the hygiene does with a header name.
@@ -480,6 +505,29 @@ mod tests {
         strip_hop_by_hop(&mut h, true);
         assert_eq!(h.get(header::UPGRADE).unwrap(), "websocket");
         assert_eq!(h.get(header::CONNECTION).unwrap(), "upgrade");
+    }
+
+    #[test]
+    fn only_websocket_is_an_upgrade() {
+        let with = |upgrade: &str, connection: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(header::UPGRADE, HeaderValue::from_str(upgrade).unwrap());
+            h.insert(header::CONNECTION, HeaderValue::from_str(connection).unwrap());
+            h
+        };
+        assert!(is_upgrade(&with("WebSocket", "keep-alive, Upgrade")));
+        assert!(is_upgrade(&with("h2c, websocket/13", "upgrade")));
+        assert!(!is_upgrade(&with("h2c", "Upgrade, HTTP2-Settings")));
+        assert!(!is_upgrade(&with("websocket", "keep-alive")));
+        let mut h = with("h2c", "Upgrade, HTTP2-Settings");
+        h.insert("http2-settings", HeaderValue::from_static("AAMAAABkAAQAAP__"));
+        assert!(!strip_request(&mut h));
+        assert!(h.is_empty(), "{h:?}");
+
+        assert!(switches_to_websocket(&with("websocket", "upgrade")));
+        assert!(!switches_to_websocket(&with("something-else", "upgrade")));
+        assert!(!switches_to_websocket(&with("websocket, h2c", "upgrade")));
+        assert!(!switches_to_websocket(&HeaderMap::new()));
     }
 
     #[test]

@@ -107,3 +107,215 @@ async fn a_changed_listen_address_is_not_rebound_on_reload() {
     assert!(TcpStream::connect(other).await.is_err(), "the new address was bound without a restart");
     server.shutdown().await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// Stalled and idle connections give their slot back
+// ---------------------------------------------------------------------------------------------
+
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Reads (and discards) until the peer closes the connection; true when it did within `bound`.
+async fn closed_within(stream: &mut TcpStream, bound: Duration) -> bool {
+    let mut sink = [0u8; 4096];
+    let drained = async {
+        loop {
+            match stream.read(&mut sink).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    };
+    tokio::time::timeout(bound, drained).await.is_ok()
+}
+
+/// `max_connections = 3` held by three stalled sockets: each is closed within a generous bound
+/// of `header_read_timeout`, and a fourth client, queued behind them, is then served.
+async fn stalled_connections_give_their_slots_back(stall: [&[u8]; 3]) {
+    let gw = Gateway::start(&config("max_connections = 3\nheader_read_timeout = \"500ms\"")).await;
+    let mut stalled = Vec::new();
+    for first_bytes in stall {
+        let mut s = TcpStream::connect(gw.addr).await.expect("connect");
+        if !first_bytes.is_empty() {
+            s.write_all(first_bytes).await.expect("write");
+        }
+        stalled.push(s);
+    }
+    // The fourth client sends its request at once and waits in the backlog for a slot.
+    let mut fourth = TcpStream::connect(gw.addr).await.expect("connect the fourth");
+    fourth.write_all(REQUEST).await.expect("write the fourth");
+    for (i, s) in stalled.iter_mut().enumerate() {
+        assert!(
+            closed_within(s, Duration::from_secs(5)).await,
+            "stalled connection {i} ({:?}) still open 5 s after header_read_timeout = 500ms",
+            String::from_utf8_lossy(stall[i])
+        );
+    }
+    let mut answer = [0u8; 256];
+    let n = tokio::time::timeout(Duration::from_secs(5), fourth.read(&mut answer))
+        .await
+        .expect("the fourth client is served once the slots are free")
+        .expect("read the fourth");
+    assert!(String::from_utf8_lossy(&answer[..n]).starts_with("HTTP/1.1 200"), "{:?}", &answer[..n]);
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_connections_are_closed_after_header_read_timeout() {
+    stalled_connections_give_their_slots_back([b"", b"", b""]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_that_send_only_the_h2_preface_are_closed() {
+    stalled_connections_give_their_slots_back([H2_PREFACE, H2_PREFACE, H2_PREFACE]).await;
+}
+
+/// Every stage a client can stall in before its first request head: the protocol not yet
+/// known (part of the HTTP/2 preface), HTTP/2 known but no request, HTTP/1.1 mid-head.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_stalled_at_any_stage_before_a_head_are_closed() {
+    stalled_connections_give_their_slots_back([
+        b"PRI * HTTP/2.0\r\n",
+        H2_PREFACE,
+        b"GET /ping HTTP/1.1\r\nHost: x\r\n",
+    ])
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_http1_keep_alive_connection_is_closed_after_idle_timeout() {
+    // header_read_timeout is long: the close below is idle_timeout's doing.
+    let gw = Gateway::start(&config("header_read_timeout = \"30s\"\nidle_timeout = \"1s\"")).await;
+    let mut conn = TcpStream::connect(gw.addr).await.expect("connect");
+    assert!(exchange(&mut conn).await.starts_with("HTTP/1.1 200"));
+    assert!(exchange(&mut conn).await.starts_with("HTTP/1.1 200"), "keep-alive works within idle_timeout");
+    assert!(closed_within(&mut conn, Duration::from_secs(6)).await, "an idle keep-alive connection stayed open");
+    gw.stop().await;
+}
+
+/// An HTTP/2 (prior knowledge) client over TCP that pings every 200 ms, idle or not.
+async fn h2_client(
+    addr: std::net::SocketAddr,
+) -> (hyper::client::conn::http2::SendRequest<http_body_util::Empty<bytes::Bytes>>, tokio::task::JoinHandle<()>) {
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    let stream = TcpStream::connect(addr).await.expect("connect");
+    let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Duration::from_millis(200))
+        .keep_alive_timeout(Duration::from_secs(5))
+        .keep_alive_while_idle(true)
+        .handshake(TokioIo::new(stream))
+        .await
+        .expect("h2 handshake");
+    let task = tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    (sender, task)
+}
+
+async fn h2_get(
+    sender: &mut hyper::client::conn::http2::SendRequest<http_body_util::Empty<bytes::Bytes>>,
+    addr: std::net::SocketAddr,
+    path: &str,
+) -> (u16, String) {
+    use http_body_util::BodyExt;
+    let req = hyper::Request::get(format!("http://{addr}{path}")).body(http_body_util::Empty::new()).expect("request");
+    let go = async {
+        let resp = sender.send_request(req).await.expect("h2 request");
+        let status = resp.status().as_u16();
+        let body = resp.into_body().collect().await.expect("h2 body").to_bytes();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    };
+    tokio::time::timeout(Duration::from_secs(10), go).await.expect("h2 answer within 10 s")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_h2_connection_is_closed_after_idle_timeout_despite_pings() {
+    let gw = Gateway::start(&config("header_read_timeout = \"30s\"\nidle_timeout = \"1s\"")).await;
+    let (mut sender, conn) = h2_client(gw.addr).await;
+    assert_eq!(h2_get(&mut sender, gw.addr, "/ping").await, (200, "pong".to_owned()));
+    // The client keeps pinging; only a request counts as activity.
+    let ended = tokio::time::timeout(Duration::from_secs(6), conn).await;
+    assert!(ended.is_ok(), "an idle h2 connection kept alive by pings stayed open past idle_timeout");
+    gw.stop().await;
+}
+
+fn slow_config(upstream: &Upstream) -> String {
+    format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nheader_read_timeout = \"500ms\"\nidle_timeout = \"1s\"\n\n\
+         [upstreams.slow]\nurl = \"{}\"\n\n\
+         [[routes]]\npath = \"/slow\"\nauth = \"none\"\nupstream = \"slow\"\n",
+        upstream.url
+    )
+}
+
+/// The upstream takes 3 s to answer: longer than idle_timeout and header_read_timeout, but the
+/// connection is not idle while a request is in flight, on either protocol.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_request_in_flight_is_not_cut_by_idle_timeout() {
+    let upstream = Upstream::start("slow").await;
+    let gw = Gateway::start(&slow_config(&upstream)).await;
+
+    let resp = raw(gw.addr, b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert_eq!(resp.status, 200, "HTTP/1.1: {resp:?}");
+
+    let (mut sender, _conn) = h2_client(gw.addr).await;
+    let (status, body) = h2_get(&mut sender, gw.addr, "/slow").await;
+    assert_eq!(status, 200, "h2: {body}");
+    assert_eq!(upstream.count(), 2);
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_zero_idle_timeout_is_refused() {
+    let err = match Gateway::try_start(&config("idle_timeout = \"0s\"")).await {
+        Ok(gw) => {
+            gw.stop().await;
+            panic!("idle_timeout = 0s was accepted");
+        }
+        Err(e) => e,
+    };
+    assert!(err.contains("gateway.toml:3:") && err.contains("server.idle_timeout must be more than 0"), "{err}");
+}
+
+/// Over TLS the deadline counts from accept too: a client that completes the handshake and
+/// then says nothing (here with ALPN h2, so no HTTP/1.1 timer of hyper's applies) is closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_tls_connection_is_closed_after_header_read_timeout() {
+    use std::sync::Arc;
+    let key = rcgen::KeyPair::generate().expect("key pair");
+    let params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).expect("params");
+    let cert = params.self_signed(&key).expect("self-signed cert");
+    let gw = Gateway::start_with_files(
+        &config("max_connections = 1\nheader_read_timeout = \"500ms\"\n[server.tls]\ncert = \"cert.pem\"\nkey = \"key.pem\""),
+        &[("cert.pem", &cert.pem()), ("key.pem", &key.serialize_pem())],
+    )
+    .await;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert.der().clone()).expect("trust anchor");
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut client = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("protocol versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    client.alpn_protocols = vec![b"h2".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
+    let tcp = TcpStream::connect(gw.addr).await.expect("connect");
+    let name = rustls_pki_types::ServerName::try_from("localhost").expect("server name");
+    let mut tls = tokio::time::timeout(Duration::from_secs(5), connector.connect(name, tcp))
+        .await
+        .expect("TLS handshake within 5 s")
+        .expect("TLS handshake");
+    let mut sink = [0u8; 1024];
+    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match tls.read(&mut sink).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "a silent TLS connection held max_connections = 1 past header_read_timeout");
+    gw.stop().await;
+}
