@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use argon2::password_hash::{PasswordHash, PasswordHasher, SaltString};
@@ -132,8 +132,8 @@ const BUSY_RETRY_AFTER: &str = "1";
 /// take the process's memory or CPU: at most `slots` run at once, each on a blocking thread
 /// with working memory kept for the next check (so a flood does not leave the allocator
 /// holding a copy per blocking thread), at most [`WAITING_PER_SLOT`] per slot wait up to
-/// [`CHECK_WAIT`] for a turn, and the rest are refused at once. One instance serves the
-/// process ([`SecretChecks::shared`]), so issuers of successive snapshots share the bound.
+/// [`CHECK_WAIT`] for a turn, and the rest are refused at once. The issuer of each new
+/// snapshot takes over its predecessor's, so a reload does not reset the bound.
 pub struct SecretChecks {
     slots: Arc<Semaphore>,
     max_waiting: usize,
@@ -174,14 +174,10 @@ impl SecretChecks {
         })
     }
 
-    /// The process's checks: one slot per core the process may use, at most
-    /// [`MAX_CHECK_SLOTS`].
-    pub fn shared() -> &'static Arc<SecretChecks> {
-        static SHARED: OnceLock<Arc<SecretChecks>> = OnceLock::new();
-        SHARED.get_or_init(|| {
-            let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
-            SecretChecks::new(cores.min(MAX_CHECK_SLOTS))
-        })
+    /// One slot per core the process may use, at most [`MAX_CHECK_SLOTS`].
+    pub fn per_core() -> Arc<SecretChecks> {
+        let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+        SecretChecks::new(cores.min(MAX_CHECK_SLOTS))
     }
 
     /// argon2 runs so far.
@@ -302,6 +298,8 @@ pub struct BuiltinIssuer {
     discovery: Bytes,
     /// What unknown clients and plain secrets are checked against with argon2.
     dummy: String,
+    /// The bound on secret checks, shared with the issuers of earlier and later snapshots.
+    checks: Arc<SecretChecks>,
     /// SHA-256 of the secret each client last authenticated with: a client that already
     /// passed the argon2 check is recognized without it (so it is served while checks are
     /// busy). Only a secret that passed enters, so there is at most one entry per configured
@@ -408,7 +406,8 @@ impl BuiltinIssuer {
             }
         }
         let dummy = dummy_phc(&config.clients);
-        Ok(BuiltinIssuer { config, key, retired, clients, discovery, dummy, verified: Mutex::default() })
+        let checks = previous.map_or_else(SecretChecks::per_core, |p| Arc::clone(&p.checks));
+        Ok(BuiltinIssuer { config, key, retired, clients, discovery, dummy, checks, verified: Mutex::default() })
     }
 
     /// The published key set: the current key and the retired ones still in their window.
@@ -625,7 +624,7 @@ impl BuiltinIssuer {
             },
             (None, None) => return Err(TokenError::InvalidClient { basic: false }),
         };
-        let client = match self.authenticate(SecretChecks::shared(), &client_id, &secret).await? {
+        let client = match self.authenticate(&self.checks, &client_id, &secret).await? {
             Some(c) => c,
             None => return Err(TokenError::InvalidClient { basic: is_basic }),
         };
@@ -771,6 +770,18 @@ mod tests {
         assert_eq!(check(&issuer, &checks, "alpha", "alpha-secret").await.as_deref(), Some("alpha"));
         drop(held);
         assert_eq!(check(&issuer, &checks, "beta", "beta-secret").await.as_deref(), Some("beta"));
+    }
+
+    /// A reload's issuer keeps the bound of the one before, and forgets the accepted secrets.
+    #[tokio::test]
+    async fn a_rebuilt_issuer_shares_the_checks_and_forgets_secrets() {
+        let first = issuer();
+        let checks = Arc::clone(&first.checks);
+        assert_eq!(check(&first, &checks, "beta", "beta-secret").await.as_deref(), Some("beta"));
+        let next = BuiltinIssuer::build(first.config.clone(), Some(&first)).unwrap();
+        assert!(Arc::ptr_eq(&next.checks, &first.checks));
+        assert!(next.verified.lock().unwrap().is_empty());
+        assert!(!first.verified.lock().unwrap().is_empty());
     }
 
     /// A check waiting for a slot gets it when one frees up; the wait queue is bounded.
