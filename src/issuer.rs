@@ -4,11 +4,12 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
-use argon2::Argon2;
+use argon2::password_hash::{PasswordHash, PasswordHasher, SaltString};
+use argon2::{Argon2, Block};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use bytes::Bytes;
@@ -21,7 +22,9 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde::Serialize;
 use serde_json::json;
 use subtle::ConstantTimeEq;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use crate::auth::jwks::{IssuerKeys, KeySet};
 use crate::config::{BuiltinIssuerConfig, ClientConfig, ClientSecret, IssuerConfig, KeySource};
 use crate::error::{json_response, Body, Reject};
 use crate::metrics::Metrics;
@@ -106,31 +109,183 @@ fn unix(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
-/// A hash of a secret nobody has, so an unknown client costs the same as a known one.
-fn dummy_hash() -> &'static str {
-    static DUMMY: OnceLock<String> = OnceLock::new();
-    DUMMY.get_or_init(|| hash_secret(b"scopegate-dummy-secret").unwrap_or_default())
-}
-
 /// Hashes a client secret for `client_secret_hash` (argon2id, random salt, PHC string).
 pub fn hash_secret(secret: &[u8]) -> Result<String, String> {
     let salt = SaltString::encode_b64(&uuid::Uuid::new_v4().into_bytes()).map_err(|e| e.to_string())?;
     Argon2::default().hash_password(secret, &salt).map(|h| h.to_string()).map_err(|e| e.to_string())
 }
 
-/// Checks a secret against a client's stored one; the work is the same whatever the outcome.
-fn secret_matches(stored: &ClientSecret, given: &[u8]) -> bool {
-    match stored {
-        ClientSecret::Hash(h) => {
-            PasswordHash::new(h).map(|h| Argon2::default().verify_password(given, &h).is_ok()).unwrap_or(false)
-        }
-        ClientSecret::Plain(p) => {
-            // Compare digests so the comparison does not leak the length either.
-            let a = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, p.as_bytes());
-            let b = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, given);
-            a.as_ref().ct_eq(b.as_ref()).into()
-        }
+/// Most secret checks running at once, however many cores there are: each holds its hash's
+/// working memory (19 MiB with the parameters of `scopegate hash-secret`) and a core, and what
+/// is left of both belongs to the traffic the gateway is there for. Clients that authenticated
+/// before skip the check, so two slots serve far more token requests than first-time clients
+/// ever make.
+const MAX_CHECK_SLOTS: usize = 2;
+/// How many checks may wait for a free slot, per slot; the rest are refused at once.
+const WAITING_PER_SLOT: usize = 4;
+/// Longest a check waits for a free slot before its request is refused.
+const CHECK_WAIT: Duration = Duration::from_secs(1);
+/// `retry-after` of a request refused because the checks are busy.
+const BUSY_RETRY_AFTER: &str = "1";
+
+/// The argon2id secret checks of the token endpoint, bounded so that anonymous clients cannot
+/// take the process's memory or CPU: at most `slots` run at once, each on a blocking thread
+/// with working memory kept for the next check (so a flood does not leave the allocator
+/// holding a copy per blocking thread), at most [`WAITING_PER_SLOT`] per slot wait up to
+/// [`CHECK_WAIT`] for a turn, and the rest are refused at once. The issuer of each new
+/// snapshot takes over its predecessor's, so a reload does not reset the bound.
+pub struct SecretChecks {
+    slots: Arc<Semaphore>,
+    max_waiting: usize,
+    waiting: AtomicUsize,
+    /// argon2 working memory, one buffer per running check at most.
+    memory: Mutex<Vec<Vec<Block>>>,
+    /// argon2 runs so far.
+    runs: AtomicU64,
+}
+
+/// A check slot, held by the blocking task that runs the check.
+struct CheckSlot {
+    _permit: OwnedSemaphorePermit,
+}
+
+/// Leaves the wait queue when the waiting request is answered or dropped.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
+}
+
+impl SecretChecks {
+    pub fn new(slots: usize) -> Arc<SecretChecks> {
+        SecretChecks::with_queue(slots, slots.max(1) * WAITING_PER_SLOT)
+    }
+
+    fn with_queue(slots: usize, max_waiting: usize) -> Arc<SecretChecks> {
+        let slots = slots.max(1);
+        Arc::new(SecretChecks {
+            slots: Arc::new(Semaphore::new(slots)),
+            max_waiting,
+            waiting: AtomicUsize::new(0),
+            memory: Mutex::new(Vec::with_capacity(slots)),
+            runs: AtomicU64::new(0),
+        })
+    }
+
+    /// One slot per core the process may use, at most [`MAX_CHECK_SLOTS`].
+    pub fn per_core() -> Arc<SecretChecks> {
+        let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+        SecretChecks::new(cores.min(MAX_CHECK_SLOTS))
+    }
+
+    /// argon2 runs so far.
+    pub fn runs(&self) -> u64 {
+        self.runs.load(Ordering::Relaxed)
+    }
+
+    /// A free slot now, or after a short wait in a bounded queue; `None`: busy, refuse.
+    async fn admit(&self) -> Option<CheckSlot> {
+        if let Ok(p) = Arc::clone(&self.slots).try_acquire_owned() {
+            return Some(CheckSlot { _permit: p });
+        }
+        let queued = Waiting(&self.waiting);
+        if self.waiting.fetch_add(1, Ordering::AcqRel) >= self.max_waiting {
+            return None;
+        }
+        let permit = tokio::time::timeout(CHECK_WAIT, Arc::clone(&self.slots).acquire_owned()).await;
+        drop(queued);
+        Some(CheckSlot { _permit: permit.ok()?.ok()? })
+    }
+
+    /// Runs argon2 for `given` against the PHC string `phc` on a blocking thread that holds
+    /// `slot` until it is done (even if the request is dropped meanwhile).
+    async fn argon2(self: &Arc<Self>, slot: CheckSlot, phc: String, given: Vec<u8>) -> bool {
+        let this = Arc::clone(self);
+        tokio::task::spawn_blocking(move || {
+            let _slot = slot;
+            this.runs.fetch_add(1, Ordering::Relaxed);
+            let mut memory = this.memory.lock().unwrap_or_else(PoisonError::into_inner).pop().unwrap_or_default();
+            let ok = argon2_matches(&phc, &given, &mut memory);
+            this.memory.lock().unwrap_or_else(PoisonError::into_inner).push(memory);
+            ok
+        })
+        .await
+        .unwrap_or(false)
+    }
+}
+
+/// argon2 verification of `given` against a PHC string, in `memory` (grown as the hash's
+/// parameters need). The comparison of the outputs is constant-time.
+fn argon2_matches(phc: &str, given: &[u8], memory: &mut Vec<Block>) -> bool {
+    let Ok(hash) = PasswordHash::new(phc) else { return false };
+    let (Some(salt), Some(expected)) = (hash.salt, hash.hash) else { return false };
+    let Ok(algorithm) = argon2::Algorithm::try_from(hash.algorithm) else { return false };
+    let Ok(version) = hash.version.map_or(Ok(argon2::Version::default()), argon2::Version::try_from) else {
+        return false;
+    };
+    let Ok(params) = argon2::Params::try_from(&hash) else { return false };
+    let mut salt_buf = [0u8; 64];
+    let Ok(salt) = salt.decode_b64(&mut salt_buf) else { return false };
+    let blocks = params.block_count();
+    if memory.len() < blocks {
+        memory.resize(blocks, Block::default());
+    }
+    let mut out = vec![0u8; expected.len()];
+    let hashed = Argon2::new(algorithm, version, params).hash_password_into_with_memory(
+        given,
+        salt,
+        &mut out,
+        &mut memory[..blocks],
+    );
+    hashed.is_ok() && bool::from(out.as_slice().ct_eq(expected.as_bytes()))
+}
+
+/// A PHC string no secret is known to match, with the parameters of the clients' own hashes
+/// (the first one's; without one, those of `scopegate hash-secret`), so that checking a secret
+/// against it costs what checking a real client's does.
+fn dummy_phc(clients: &[ClientConfig]) -> String {
+    let default = format!(
+        "$argon2id$v=19$m={},t={},p={}$AAAAAAAAAAAAAAAAAAAAAA$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+        argon2::Params::DEFAULT_M_COST,
+        argon2::Params::DEFAULT_T_COST,
+        argon2::Params::DEFAULT_P_COST
+    );
+    let template = clients
+        .iter()
+        .find_map(|c| match &c.secret {
+            ClientSecret::Hash(h) => PasswordHash::new(h).ok().filter(|h| h.salt.is_some() && h.hash.is_some()),
+            ClientSecret::Plain(_) => None,
+        })
+        .or_else(|| PasswordHash::new(&default).ok());
+    let Some(mut dummy) = template else { return default };
+    let mut random = [0u8; 16 + 64];
+    if aws_lc_rs::rand::fill(&mut random).is_err() {
+        return default;
+    }
+    let out_len = dummy.hash.map_or(32, |o| o.len()).min(64);
+    let Ok(salt) = SaltString::encode_b64(&random[..16]) else { return default };
+    dummy.salt = Some(salt.as_salt());
+    dummy.hash = argon2::password_hash::Output::new(&random[16..16 + out_len]).ok();
+    dummy.to_string()
+}
+
+fn sha256(bytes: &[u8]) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    out.copy_from_slice(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes).as_ref());
+    out
+}
+
+/// The issuer's endpoints, by normalized path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    /// `POST /oauth2/token`
+    Token,
+    /// `GET /.well-known/jwks.json`
+    Jwks,
+    /// `GET /.well-known/openid-configuration`
+    Discovery,
 }
 
 /// The issuer of one config snapshot.
@@ -141,6 +296,15 @@ pub struct BuiltinIssuer {
     retired: Vec<(serde_json::Value, SystemTime)>,
     clients: HashMap<String, ClientConfig>,
     discovery: Bytes,
+    /// What unknown clients and plain secrets are checked against with argon2.
+    dummy: String,
+    /// The bound on secret checks, shared with the issuers of earlier and later snapshots.
+    checks: Arc<SecretChecks>,
+    /// SHA-256 of the secret each client last authenticated with: a client that already
+    /// passed the argon2 check is recognized without it (so it is served while checks are
+    /// busy). Only a secret that passed enters, so there is at most one entry per configured
+    /// client; the issuer, and with it this map, is rebuilt on every reload.
+    verified: Mutex<HashMap<String, [u8; 32]>>,
 }
 
 #[derive(Serialize)]
@@ -160,9 +324,13 @@ struct AccessClaims<'a> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TokenError {
     InvalidRequest,
-    InvalidClient { basic: bool },
+    InvalidClient {
+        basic: bool,
+    },
     UnsupportedGrantType,
     InvalidScope,
+    /// Too many secret checks at once (503 with `retry-after`).
+    TemporarilyUnavailable,
 }
 
 impl TokenError {
@@ -172,12 +340,16 @@ impl TokenError {
             TokenError::InvalidClient { .. } => (StatusCode::UNAUTHORIZED, "invalid_client"),
             TokenError::UnsupportedGrantType => (StatusCode::BAD_REQUEST, "unsupported_grant_type"),
             TokenError::InvalidScope => (StatusCode::BAD_REQUEST, "invalid_scope"),
+            TokenError::TemporarilyUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable"),
         };
         let body = Bytes::from(format!(r#"{{"error":"{code}"}}"#));
         let mut resp = json_response(status, &HeaderValue::from_static("application/json"), body);
         no_store(resp.headers_mut());
         if let TokenError::InvalidClient { basic: true } = self {
             resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(r#"Basic realm="scopegate""#));
+        }
+        if let TokenError::TemporarilyUnavailable = self {
+            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static(BUSY_RETRY_AFTER));
         }
         resp
     }
@@ -233,7 +405,9 @@ impl BuiltinIssuer {
                 tracing::warn!(client_id = %c.client_id, "client uses a plain client_secret; use client_secret_hash from `scopegate hash-secret`");
             }
         }
-        Ok(BuiltinIssuer { config, key, retired, clients, discovery })
+        let dummy = dummy_phc(&config.clients);
+        let checks = previous.map_or_else(SecretChecks::per_core, |p| Arc::clone(&p.checks));
+        Ok(BuiltinIssuer { config, key, retired, clients, discovery, dummy, checks, verified: Mutex::default() })
     }
 
     /// The published key set: the current key and the retired ones still in their window.
@@ -242,6 +416,12 @@ impl BuiltinIssuer {
         let mut keys = vec![self.key.jwk.clone()];
         keys.extend(self.retired.iter().filter(|(_, until)| *until > t).map(|(j, _)| j.clone()));
         json!({ "keys": keys })
+    }
+
+    /// When the next retired key leaves the published set, if any is still in it.
+    fn next_withdrawal(&self) -> Option<SystemTime> {
+        let t = now();
+        self.retired.iter().map(|(_, until)| *until).filter(|until| *until > t).min()
     }
 
     /// How the verifier sees this issuer: like a JWKS issuer whose keys are fixed.
@@ -315,29 +495,93 @@ impl BuiltinIssuer {
         self.clients.get(client_id)
     }
 
-    /// True for the paths this issuer answers.
-    pub fn owns(path: &str) -> bool {
-        matches!(path, TOKEN_PATH | JWKS_PATH | DISCOVERY_PATH)
+    /// The endpoint a normalized request path names, if any.
+    pub fn endpoint(path: &str) -> Option<Endpoint> {
+        match path {
+            TOKEN_PATH => Some(Endpoint::Token),
+            JWKS_PATH => Some(Endpoint::Jwks),
+            DISCOVERY_PATH => Some(Endpoint::Discovery),
+            _ => None,
+        }
     }
 
-    pub async fn handle(self: Arc<Self>, req: Request<Incoming>, metrics: &Metrics) -> Result<Response<Body>, Reject> {
+    /// True for the paths this issuer answers.
+    pub fn owns(path: &str) -> bool {
+        BuiltinIssuer::endpoint(path).is_some()
+    }
+
+    /// Answers a request for `endpoint`, which the caller chose from the normalized path: the
+    /// raw one (`//oauth2/token`, `/oauth2/./token`) is not looked at again.
+    pub async fn handle(
+        self: Arc<Self>,
+        endpoint: Endpoint,
+        req: Request<Incoming>,
+        metrics: &Metrics,
+    ) -> Result<Response<Body>, Reject> {
         let json_ct = HeaderValue::from_static("application/json");
-        match (req.uri().path(), req.method()) {
-            (JWKS_PATH, &Method::GET | &Method::HEAD) => {
+        match (endpoint, req.method()) {
+            (Endpoint::Jwks, &Method::GET | &Method::HEAD) => {
                 let mut r = json_response(StatusCode::OK, &json_ct, Bytes::from(self.jwks().to_string()));
                 r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=300"));
                 Ok(r)
             }
-            (DISCOVERY_PATH, &Method::GET | &Method::HEAD) => {
+            (Endpoint::Discovery, &Method::GET | &Method::HEAD) => {
                 Ok(json_response(StatusCode::OK, &json_ct, self.discovery.clone()))
             }
-            (TOKEN_PATH, &Method::POST) => Ok(match self.token(req, metrics).await {
+            (Endpoint::Token, &Method::POST) => Ok(match self.token(req, metrics).await {
                 Ok(r) => r,
                 Err(e) => e.into_response(),
             }),
-            (TOKEN_PATH, _) => Err(Reject::MethodNotAllowed { allow: HeaderValue::from_static("POST") }),
-            _ => Err(Reject::MethodNotAllowed { allow: HeaderValue::from_static("GET, HEAD") }),
+            (Endpoint::Token, _) => Err(Reject::MethodNotAllowed { allow: HeaderValue::from_static("POST") }),
+            (Endpoint::Jwks | Endpoint::Discovery, _) => {
+                Err(Reject::MethodNotAllowed { allow: HeaderValue::from_static("GET, HEAD") })
+            }
         }
+    }
+
+    /// Checks a client's secret; `Ok(None)`: wrong secret or unknown client. A secret this
+    /// issuer already accepted for the client is recognized by its SHA-256. Every other check
+    /// takes a slot of `checks` and runs argon2 exactly once, whether the client has a hashed
+    /// secret, a plain one, or does not exist, so neither the time taken nor a busy refusal
+    /// tells which client ids exist.
+    async fn authenticate(
+        self: &Arc<Self>,
+        checks: &Arc<SecretChecks>,
+        client_id: &str,
+        secret: &str,
+    ) -> Result<Option<&ClientConfig>, TokenError> {
+        let client = self.client(client_id);
+        let digest = sha256(secret.as_bytes());
+        if client.is_some() && self.remembered(client_id, &digest) {
+            return Ok(client);
+        }
+        let slot = checks.admit().await.ok_or(TokenError::TemporarilyUnavailable)?;
+        // A plain secret is compared by digest after an argon2 run against the dummy hash,
+        // like an unknown client's: all three paths cost one argon2 check.
+        let (phc, plain) = match client.map(|c| &c.secret) {
+            Some(ClientSecret::Hash(h)) => (h.clone(), None),
+            Some(ClientSecret::Plain(p)) => (self.dummy.clone(), Some(sha256(p.as_bytes()))),
+            None => (self.dummy.clone(), None),
+        };
+        let argon2_ok = checks.argon2(slot, phc, secret.as_bytes().to_vec()).await;
+        let ok = match (client, plain) {
+            (Some(_), Some(plain)) => bool::from(plain.ct_eq(&digest)),
+            (Some(_), None) => argon2_ok,
+            (None, _) => false,
+        };
+        match client {
+            Some(c) if ok => {
+                self.verified.lock().unwrap_or_else(PoisonError::into_inner).insert(c.client_id.clone(), digest);
+                Ok(Some(c))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// True when `digest` is that of the secret `client_id` last passed the check with.
+    fn remembered(&self, client_id: &str, digest: &[u8; 32]) -> bool {
+        let verified = self.verified.lock().unwrap_or_else(PoisonError::into_inner);
+        verified.get(client_id).is_some_and(|d| bool::from(d.ct_eq(digest)))
     }
 
     async fn token(self: Arc<Self>, req: Request<Incoming>, metrics: &Metrics) -> Result<Response<Body>, TokenError> {
@@ -380,21 +624,9 @@ impl BuiltinIssuer {
             },
             (None, None) => return Err(TokenError::InvalidClient { basic: false }),
         };
-        let issuer = Arc::clone(&self);
-        let id = client_id.clone();
-        // argon2 is deliberately slow: keep it off the async workers.
-        let known = tokio::task::spawn_blocking(move || match issuer.client(&id) {
-            Some(c) => secret_matches(&c.secret, secret.as_bytes()),
-            None => {
-                let _ = secret_matches(&ClientSecret::Hash(dummy_hash().to_owned()), secret.as_bytes());
-                false
-            }
-        })
-        .await
-        .unwrap_or(false);
-        let client = match (known, self.client(&client_id)) {
-            (true, Some(c)) => c,
-            _ => return Err(TokenError::InvalidClient { basic: is_basic }),
+        let client = match self.authenticate(&self.checks, &client_id, &secret).await? {
+            Some(c) => c,
+            None => return Err(TokenError::InvalidClient { basic: is_basic }),
         };
         match params.get("grant_type").map(String::as_str) {
             Some("client_credentials") => {}
@@ -420,6 +652,35 @@ impl BuiltinIssuer {
     }
 }
 
+/// Keeps the verification keys of `issuer` equal to its published JWKS: when a retired key's
+/// window ends, `keys` is replaced by a set built from the JWKS of that moment, so a token
+/// signed with the withdrawn key is refused from then on. The task holds both only weakly
+/// and ends with the snapshot that owns them, or when no retired key is left.
+pub fn withdraw_retired_keys(issuer: &Arc<BuiltinIssuer>, keys: &Arc<IssuerKeys>) {
+    if issuer.next_withdrawal().is_none() {
+        return;
+    }
+    let Ok(rt) = tokio::runtime::Handle::try_current() else { return };
+    let (issuer, keys) = (Arc::downgrade(issuer), Arc::downgrade(keys));
+    rt.spawn(async move {
+        loop {
+            let Some(at) = issuer.upgrade().and_then(|i| i.next_withdrawal()) else { return };
+            // Just past the window's end, when `jwks()` no longer lists the key.
+            let wait = at.duration_since(now()).unwrap_or_default() + Duration::from_millis(1);
+            tokio::time::sleep(wait).await;
+            let (Some(issuer), Some(keys)) = (issuer.upgrade(), keys.upgrade()) else { return };
+            let jwks = issuer.jwks().to_string();
+            match KeySet::parse(jwks.as_bytes(), &keys.config.algorithms) {
+                Ok(set) => {
+                    keys.replace_keys(set);
+                    tracing::info!(issuer = %issuer.config.issuer, "a retired signing key left the JWKS; it no longer verifies");
+                }
+                Err(e) => tracing::error!(issuer = %issuer.config.issuer, error = %e, "built-in issuer keys"),
+            }
+        }
+    });
+}
+
 /// `client_secret_basic`: id and secret are form-urlencoded, then base64 (RFC 6749 §2.3.1).
 fn basic_credentials(headers: &HeaderMap) -> Result<Option<(String, String)>, TokenError> {
     let Some(v) = headers.get(header::AUTHORIZATION) else {
@@ -436,4 +697,152 @@ fn basic_credentials(headers: &HeaderMap) -> Result<Option<(String, String)>, To
         form_urlencoded::parse(format!("x={s}").as_bytes()).next().map(|(_, v)| v.into_owned()).unwrap_or_default()
     };
     Ok(Some((decode(id), decode(secret))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn issuer() -> Arc<BuiltinIssuer> {
+        let client = |id: &str, secret| ClientConfig { client_id: id.to_owned(), secret, allowed_scopes: Vec::new() };
+        let config = BuiltinIssuerConfig {
+            issuer: "https://issuer.test".to_owned(),
+            signing_key: None,
+            token_ttl: Duration::from_secs(60),
+            scopes: Vec::new(),
+            clients: vec![
+                client("alpha", ClientSecret::Hash(hash_secret(b"alpha-secret").unwrap())),
+                client("beta", ClientSecret::Plain("beta-secret".to_owned())),
+            ],
+        };
+        Arc::new(BuiltinIssuer::build(config, None).unwrap())
+    }
+
+    async fn check(issuer: &Arc<BuiltinIssuer>, checks: &Arc<SecretChecks>, id: &str, secret: &str) -> Option<String> {
+        issuer.authenticate(checks, id, secret).await.unwrap().map(|c| c.client_id.clone())
+    }
+
+    /// A known client with a plain secret is checked like an unknown one and like a hashed one:
+    /// one argon2 run each (so none answers faster); an accepted secret is remembered, a
+    /// refused one never is.
+    #[tokio::test]
+    async fn every_first_check_runs_argon2_once_whatever_the_client() {
+        let issuer = issuer();
+        let checks = SecretChecks::new(1);
+        let first = [
+            ("beta", "beta-secret", true),
+            ("beta", "wrong", false),
+            ("nobody", "beta-secret", false),
+            ("alpha", "alpha-secret", true),
+            ("alpha", "wrong", false),
+        ];
+        for (id, secret, ok) in first {
+            let before = checks.runs();
+            assert_eq!(check(&issuer, &checks, id, secret).await, ok.then(|| id.to_owned()), "{id}:{secret}");
+            assert_eq!(checks.runs(), before + 1, "{id}:{secret}: one argon2 run");
+        }
+        for (id, secret, ok, runs) in [
+            ("beta", "beta-secret", true, 0),
+            ("alpha", "alpha-secret", true, 0),
+            ("alpha", "wrong", false, 1),
+            ("beta", "wrong", false, 1),
+            ("nobody", "beta-secret", false, 1),
+        ] {
+            let before = checks.runs();
+            assert_eq!(check(&issuer, &checks, id, secret).await, ok.then(|| id.to_owned()), "{id}:{secret}");
+            assert_eq!(checks.runs(), before + runs, "{id}:{secret}, again");
+        }
+    }
+
+    /// With every slot taken and no room to wait, a first-time check is refused as busy for a
+    /// plain-secret client, a hashed one and an unknown one alike; a remembered secret is not
+    /// checked again, so it is served.
+    #[tokio::test]
+    async fn busy_checks_refuse_every_first_time_check_alike() {
+        let issuer = issuer();
+        let checks = SecretChecks::with_queue(1, 0);
+        assert_eq!(check(&issuer, &checks, "alpha", "alpha-secret").await.as_deref(), Some("alpha"));
+        let held = checks.admit().await.expect("the free slot");
+        for (id, secret) in [("beta", "beta-secret"), ("beta", "wrong"), ("nobody", "x"), ("alpha", "wrong")] {
+            let r = issuer.authenticate(&checks, id, secret).await.map(|c| c.map(|c| c.client_id.clone()));
+            assert_eq!(r, Err(TokenError::TemporarilyUnavailable), "{id}:{secret}");
+        }
+        assert_eq!(check(&issuer, &checks, "alpha", "alpha-secret").await.as_deref(), Some("alpha"));
+        drop(held);
+        assert_eq!(check(&issuer, &checks, "beta", "beta-secret").await.as_deref(), Some("beta"));
+    }
+
+    /// A reload's issuer keeps the bound of the one before, and forgets the accepted secrets.
+    #[tokio::test]
+    async fn a_rebuilt_issuer_shares_the_checks_and_forgets_secrets() {
+        let first = issuer();
+        let checks = Arc::clone(&first.checks);
+        assert_eq!(check(&first, &checks, "beta", "beta-secret").await.as_deref(), Some("beta"));
+        let next = BuiltinIssuer::build(first.config.clone(), Some(&first)).unwrap();
+        assert!(Arc::ptr_eq(&next.checks, &first.checks));
+        assert!(next.verified.lock().unwrap().is_empty());
+        assert!(!first.verified.lock().unwrap().is_empty());
+    }
+
+    /// A check waiting for a slot gets it when one frees up; the wait queue is bounded.
+    #[tokio::test]
+    async fn waiting_checks_are_bounded() {
+        let checks = SecretChecks::with_queue(1, 1);
+        let held = checks.admit().await.expect("the free slot");
+        let waiter = {
+            let checks = Arc::clone(&checks);
+            tokio::spawn(async move { checks.admit().await.is_some() })
+        };
+        while checks.waiting.load(Ordering::Acquire) == 0 {
+            tokio::task::yield_now().await;
+        }
+        assert!(checks.admit().await.is_none(), "the queue is full: refused at once");
+        drop(held);
+        assert!(waiter.await.unwrap(), "the waiter gets the slot");
+        assert_eq!(checks.waiting.load(Ordering::Acquire), 0);
+    }
+
+    /// The reusable-memory verification agrees with argon2's own, for other parameters too.
+    #[test]
+    fn argon2_matches_what_argon2_hashed() {
+        let mut memory = Vec::new();
+        let default = hash_secret(b"s3cret").unwrap();
+        let params = argon2::Params::new(8 * 1024, 1, 2, Some(24)).unwrap();
+        let salt = SaltString::encode_b64(b"0123456789abcdef").unwrap();
+        let other = Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params)
+            .hash_password(b"s3cret", &salt)
+            .unwrap()
+            .to_string();
+        for phc in [&default, &other] {
+            assert!(argon2_matches(phc, b"s3cret", &mut memory), "{phc}");
+            assert!(!argon2_matches(phc, b"s3cret ", &mut memory), "{phc}");
+            assert!(!argon2_matches(phc, b"", &mut memory), "{phc}");
+        }
+        assert!(!argon2_matches("not a hash", b"s3cret", &mut memory));
+    }
+
+    /// The dummy hash has the clients' hash parameters (argon2's defaults without a hashed
+    /// client), and no secret in use matches it.
+    #[test]
+    fn dummy_hash_costs_what_a_client_hash_does() {
+        let params = |phc: &str| {
+            let h = PasswordHash::new(phc).unwrap();
+            (h.algorithm.to_string(), h.version, h.params.to_string(), h.hash.map(|o| o.len()))
+        };
+        let custom = Argon2::new(
+            argon2::Algorithm::Argon2id,
+            argon2::Version::V0x13,
+            argon2::Params::new(8 * 1024, 3, 1, None).unwrap(),
+        )
+        .hash_password(b"x", &SaltString::encode_b64(b"0123456789abcdef").unwrap())
+        .unwrap()
+        .to_string();
+        let client = |secret| ClientConfig { client_id: "c".to_owned(), secret, allowed_scopes: Vec::new() };
+        let dummy =
+            dummy_phc(&[client(ClientSecret::Plain("p".to_owned())), client(ClientSecret::Hash(custom.clone()))]);
+        assert_eq!(params(&dummy), params(&custom));
+        let dummy = dummy_phc(&[client(ClientSecret::Plain("p".to_owned()))]);
+        assert_eq!(params(&dummy), params(&hash_secret(b"x").unwrap()));
+        assert!(!argon2_matches(&dummy, b"p", &mut Vec::new()));
+    }
 }

@@ -25,7 +25,7 @@ use crate::auth::verify::Principal;
 use crate::auth::{extract, scope};
 use crate::config::{Action, MockResponse, RouteAuth};
 use crate::error::{json_response, Body, Reject};
-use crate::issuer::BuiltinIssuer;
+use crate::issuer::{BuiltinIssuer, Endpoint};
 use crate::metrics::{method_label, Metrics};
 use crate::route::{self, Match};
 use crate::snapshot::Snapshot;
@@ -114,7 +114,8 @@ pub struct Access<'a> {
 
 /// What the pipeline decided to do with a request that passed every check.
 pub enum Decision<'s> {
-    Issuer(Arc<BuiltinIssuer>),
+    /// The endpoint is chosen by the normalized path, as the decision was.
+    Issuer(Arc<BuiltinIssuer>, Endpoint),
     Mock(&'s MockResponse),
     /// The request parts now carry the upstream URI and the rewritten headers.
     Forward(&'s Upstream),
@@ -232,9 +233,9 @@ pub async fn decide<'s>(
     }
     // The built-in issuer's endpoints come before the route table.
     if let Some(issuer) = &snap.issuer {
-        if BuiltinIssuer::owns(&path) {
+        if let Some(endpoint) = BuiltinIssuer::endpoint(&path) {
             access.route = "issuer";
-            return Ok(Decision::Issuer(Arc::clone(issuer)));
+            return Ok(Decision::Issuer(Arc::clone(issuer), endpoint));
         }
     }
     let idx = match snap.table.lookup(&path, &parts.method) {
@@ -283,7 +284,7 @@ async fn act(
 ) -> Result<Response<Body>, Reject> {
     match decision {
         // Boxed: the issuer's future is large and its requests are few.
-        Decision::Issuer(issuer) => Box::pin(issuer.handle(req, metrics)).await,
+        Decision::Issuer(issuer, endpoint) => Box::pin(issuer.handle(endpoint, req, metrics)).await,
         Decision::Mock(m) => Ok(json_response(m.status, &m.content_type, m.body.clone())),
         Decision::Forward(upstream) => {
             let sent = Instant::now();

@@ -68,8 +68,11 @@ impl Snapshot {
                 let vc = built.verifier_config();
                 let keys =
                     KeySet::parse(jwks.as_bytes(), &vc.algorithms).map_err(|e| format!("built-in issuer keys: {e}"))?;
-                issuers.insert(vc.issuer.clone(), IssuerKeys::fixed(vc, keys));
-                Some(Arc::new(built))
+                let (built, keys) = (Arc::new(built), IssuerKeys::fixed(vc, keys));
+                // Retired keys stop verifying when they leave the published JWKS.
+                crate::issuer::withdraw_retired_keys(&built, &keys);
+                issuers.insert(keys.config.issuer.clone(), keys);
+                Some(built)
             }
         };
         let verifier = Verifier::new(issuers, config.auth.leeway, config.auth.cache_entries, Arc::clone(&rt.metrics));

@@ -3,7 +3,9 @@
 //! minted tokens' claims and header, the published JWKS and discovery document, tokens used on
 //! the gateway's own routes, clients and keys changed by a config reload, signing keys read
 //! from files (RSA and EC) and rotated, the `token` and `hash-secret` commands of the real
-//! binary, and an independent JOSE implementation (PyJWT) verifying a minted token.
+//! binary, an independent JOSE implementation (PyJWT) verifying a minted token, the token
+//! endpoint under a flood of wrong secrets (the real binary's memory), a retired signing key
+//! refused once it leaves the JWKS, and the endpoints reached by other spellings of their paths.
 
 mod common;
 use common::*;
@@ -1110,7 +1112,9 @@ async fn hash_secret_command() {
 /// An unknown client_id costs an argon2 verification too (against a dummy hash), so a wrong
 /// secret and an unknown client take about as long as a right secret. Timings are not asserted
 /// (too noisy for CI); this checks the behaviour along that path: concurrent right, wrong and
-/// unknown requests are accepted / refused as they should be.
+/// unknown requests are accepted / refused as they should be. There are more of them than the
+/// secret checks take at once, so some are told to retry (503 + retry-after), as a client
+/// library would.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_secrets_and_unknown_clients_are_refused() {
     let gw = Gateway::start(&default_toml()).await;
@@ -1129,8 +1133,8 @@ async fn wrong_secrets_and_unknown_clients_are_refused() {
             ("unknown-plain", BETA_SECRET, false),
         ] {
             tasks.spawn(async move {
-                let basic = token_request(a, "", Some((id, secret)), &[cc]).await;
-                let post = token_request(a, "", None, &[cc, ("client_id", id), ("client_secret", secret)]).await;
+                let basic = retrying(a, Some((id, secret)), &[cc]).await;
+                let post = retrying(a, None, &[cc, ("client_id", id), ("client_secret", secret)]).await;
                 (round, id, secret, ok, basic, post)
             });
         }
@@ -1147,6 +1151,22 @@ async fn wrong_secrets_and_unknown_clients_are_refused() {
         }
     }
     gw.stop().await;
+}
+
+/// Sends a token request again while it is refused as busy (503 + retry-after, which is
+/// honoured), at most 20 times.
+async fn retrying(addr: SocketAddr, auth: Option<(&str, &str)>, body: &[(&str, &str)]) -> Resp {
+    let mut r = token_request(addr, "", auth, body).await;
+    for _ in 0..20 {
+        if r.status != BUSY.0 {
+            break;
+        }
+        token_error(&r, BUSY.0, "temporarily_unavailable", "busy");
+        let secs: u64 = r.header("retry-after").and_then(|v| v.parse().ok()).expect("retry-after in seconds");
+        tokio::time::sleep(Duration::from_secs(secs)).await;
+        r = token_request(addr, "", auth, body).await;
+    }
+    r
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1245,5 +1265,254 @@ async fn pyjwt_verifies_an_es256_token() {
         serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", show(&out)));
     assert_eq!(verified["claims"], decode(&token).1);
     assert_eq!(verified["header"]["kid"], json!(key.kid));
+    gw.stop().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// 11. The token endpoint under a flood (the real binary)
+// ---------------------------------------------------------------------------------------------
+
+/// The body and status of a token request refused because the secret checks are busy.
+const BUSY: (u16, &str) = (503, r#"{"error":"temporarily_unavailable"}"#);
+
+/// The scopegate binary serving a config, killed when dropped.
+struct Proc {
+    child: std::process::Child,
+    addr: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Proc {
+    /// Runs the binary on `toml` (its `{LISTEN}` replaced by a free port) until the JWKS answers.
+    async fn start(toml: &str) -> Proc {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = dir.path().join("gateway.toml");
+        std::fs::write(&config, toml.replace("{LISTEN}", &addr.to_string())).expect("write gateway.toml");
+        let log = std::fs::File::create(dir.path().join("log")).expect("log file");
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_scopegate"))
+            .arg("--config")
+            .arg(&config)
+            .env("RUST_LOG", "warn")
+            .env_remove("SCOPEGATE_CONFIG")
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone().expect("log handle"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn scopegate");
+        let mut p = Proc { child, addr, _dir: dir };
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(Some(status)) = p.child.try_wait() {
+                panic!("scopegate exited at start ({status})");
+            }
+            if tokio::net::TcpStream::connect(addr).await.is_ok() {
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "scopegate did not listen within 30 s");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        p
+    }
+
+    /// A `Vm*` line of /proc/PID/status, in KiB.
+    fn vm_kib(&self, field: &str) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).expect("/proc status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(field)?.strip_prefix(':')?.trim().strip_suffix("kB")?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {field} in /proc status"))
+    }
+}
+
+/// Checks a refusal from the flood: 401 `invalid_client`, or 503 `temporarily_unavailable` with
+/// a `retry-after`; both JSON and `no-store`. Returns true for a 503.
+fn flood_answer(r: &Resp, what: &str) -> bool {
+    if r.status == BUSY.0 {
+        token_error(r, BUSY.0, "temporarily_unavailable", what);
+        let retry = r.header("retry-after").and_then(|v| v.parse::<u64>().ok());
+        assert!(retry.is_some_and(|s| s >= 1), "{what}: 503 without a retry-after in seconds: {r:?}");
+        true
+    } else {
+        token_error(r, 401, "invalid_client", what);
+        false
+    }
+}
+
+/// 64 connections that each keep sending wrong secrets for 4 s: with every check running
+/// argon2id (19 MiB each) at once, the process grew by ~1.4 GB. The checks in flight are
+/// bounded: every request is answered (401, or 503 + retry-after when the checks are busy), the
+/// peak RSS stays under 100 MiB, and a client that authenticated before gets tokens during the
+/// flood (its verified secret is remembered) and right after it, as does a first-time client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_flood_keeps_memory_flat_and_known_clients_served() {
+    const WORKERS: usize = 64;
+    const FLOOD_FOR: Duration = Duration::from_secs(4);
+    let toml = format!(
+        "[server]\nlisten = \"{{LISTEN}}\"\n\n[issuer]\nissuer = {}\ntoken_ttl = \"{TTL}s\"\n\n\
+         [[issuer.resource_servers]]\nidentifier = \"API\"\nscopes = [\"book.get\", \"book.post\", \"user.get\"]\n\n{}{}",
+        toml_str(ISSUER),
+        alpha(),
+        beta(),
+    );
+    let p = Proc::start(&toml).await;
+    let a = p.addr;
+    // alpha authenticates once before the flood.
+    fetch_token(a, "alpha", ALPHA_SECRET, None).await;
+    let before_kib = p.vm_kib("VmRSS");
+
+    let flood_end = tokio::time::Instant::now() + FLOOD_FOR;
+    let mut flood = tokio::task::JoinSet::new();
+    for w in 0..WORKERS {
+        flood.spawn(async move {
+            let (mut refused, mut busy) = (0usize, 0usize);
+            let mut i = 0usize;
+            while tokio::time::Instant::now() < flood_end {
+                // Unknown clients, and known ones (hashed and plain secrets) with wrong secrets.
+                let id = ["nobody", "alpha", "beta"][(w + i) % 3];
+                let secret = format!("wrong-{w}-{i}");
+                let r = token_request(a, "", Some((id, &secret)), &[("grant_type", "client_credentials")]).await;
+                if flood_answer(&r, &format!("worker {w}, request {i} ({id})")) {
+                    busy += 1;
+                } else {
+                    refused += 1;
+                }
+                i += 1;
+            }
+            (refused, busy)
+        });
+    }
+
+    // During the flood: alpha still gets its tokens.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for n in 0..5 {
+        let t = fetch_token(a, "alpha", ALPHA_SECRET, None).await;
+        assert_eq!(scopes_of(&t), sorted(&ALPHA_SCOPES));
+        assert!(tokio::time::Instant::now() < flood_end, "token {n} came after the flood ended: the test is too slow");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    let (mut refused, mut busy) = (0, 0);
+    while let Some(done) = flood.join_next().await {
+        let (r, b) = done.expect("flood worker");
+        refused += r;
+        busy += b;
+    }
+    // Right after: alpha again, and beta, which never authenticated before (a secret check).
+    fetch_token(a, "alpha", ALPHA_SECRET, None).await;
+    let t = fetch_token(a, "beta", BETA_SECRET, None).await;
+    assert_eq!(scopes_of(&t), sorted(&BETA_SCOPES));
+
+    let peak_kib = p.vm_kib("VmHWM");
+    eprintln!("flood: {refused} x 401, {busy} x 503; RSS before {before_kib} KiB, peak {peak_kib} KiB");
+    assert!(peak_kib < 100 * 1024, "peak RSS {peak_kib} KiB (before the flood: {before_kib} KiB)");
+    assert!(busy > 0, "{WORKERS} concurrent checks were never refused as busy ({refused} refused as 401)");
+}
+
+// ---------------------------------------------------------------------------------------------
+// 12. A retired signing key stops verifying when it leaves the JWKS
+// ---------------------------------------------------------------------------------------------
+
+/// An access token for `alpha` (scope `API/book.get`, valid for 10 minutes) signed here with
+/// `key`: what someone holding a retired private key could still make.
+fn mint_with(key: &PemKey, jti: &str) -> String {
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
+    header.kid = Some(key.kid.clone());
+    let iat = now();
+    let claims = json!({
+        "iss": ISSUER, "sub": "alpha", "client_id": "alpha", "token_use": "access",
+        "scope": "API/book.get", "iat": iat, "exp": iat + 600, "jti": jti, "version": 2,
+    });
+    let encoding = jsonwebtoken::EncodingKey::from_rsa_pem(key.pem.as_bytes()).expect("RSA PEM");
+    jsonwebtoken::encode(&header, &claims, &encoding).expect("sign")
+}
+
+/// After the signing key file is swapped, the old key stays published (and verifying) for
+/// token_ttl; once it leaves the JWKS, a token signed with it (minted here, never seen before)
+/// is refused, while the new key's tokens still pass.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retired_signing_key_stops_verifying_when_it_leaves_the_jwks() {
+    let (old, new) = (rsa_key(), rsa_key());
+    let ttl = format!("token_ttl = \"{TTL}s\"");
+    let toml = issuer_toml("signing_key = \"keys/issuer.pem\"", &[alpha()]).replace(&ttl, "token_ttl = \"3s\"");
+    assert!(toml.contains("token_ttl = \"3s\""), "{toml}");
+    let live = Live::start(&toml, &[("keys/issuer.pem", &old.pem)]).await;
+    let a = live.addr;
+    assert_allowed(a, "GET", "/book", &mint_with(&old, "before"), BOOK_GET, "old key, before the rotation").await;
+
+    live.write("keys/issuer.pem", &new.pem);
+    live.reload().await;
+    assert!(published_kids(a).await.contains(&old.kid), "the old key is published right after the rotation");
+    assert_allowed(a, "GET", "/book", &mint_with(&old, "window"), BOOK_GET, "old key, inside its window").await;
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while published_kids(a).await != [new.kid.clone()] {
+        assert!(tokio::time::Instant::now() < deadline, "the old key was never withdrawn from the JWKS");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Verification follows the JWKS within moments (the key set is swapped by a timer).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+    for n in 0.. {
+        let r = call(a, "GET", "/book", &mint_with(&old, &format!("after-{n}"))).await;
+        if r.status == 401 {
+            assert_eq!(r.body, UNAUTHORIZED, "{r:?}");
+            break;
+        }
+        assert_eq!(r.status, 200, "{r:?}");
+        assert!(tokio::time::Instant::now() < deadline, "a token signed with the withdrawn key still passes: {r:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let r = call(a, "GET", "/book", &mint_with(&old, "later")).await;
+    assert_eq!((r.status, r.body.as_str()), (401, UNAUTHORIZED), "withdrawn key, a later token: {r:?}");
+    // The new key's tokens pass (this one expires in 3 s: checked at once).
+    let r = token_request(a, "", Some(("alpha", ALPHA_SECRET)), &[("grant_type", "client_credentials")]).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let body: Value = serde_json::from_str(&r.body).expect("JSON");
+    let t = body["access_token"].as_str().expect("access_token");
+    assert_eq!(decode(t).0["kid"], json!(new.kid));
+    assert_allowed(a, "GET", "/book", t, BOOK_GET, "a token from the new key").await;
+    live.stop().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// 13. Issuer endpoints by their normalized path (raw TCP: a client library would normalize)
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issuer_endpoints_answer_other_spellings_of_their_paths() {
+    let gw = Gateway::start(&default_toml()).await;
+    let a = gw.addr;
+    let body = "grant_type=client_credentials";
+    let auth = basic("alpha", ALPHA_SECRET);
+    for path in ["/oauth2/./token", "//oauth2/token", "/oauth2//token", "/x/../oauth2/token", "/oauth2/%74oken"] {
+        let req = format!(
+            "POST {path} HTTP/1.1\r\nhost: {a}\r\nauthorization: {auth}\r\ncontent-type: application/x-www-form-urlencoded\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        let r = raw(a, req.as_bytes()).await;
+        token_success(&r, &format!("POST {path}"));
+    }
+    for path in ["/.well-known//jwks.json", "/.well-known/./jwks.json", "//.well-known/jwks.json"] {
+        let r = raw(a, format!("GET {path} HTTP/1.1\r\nhost: {a}\r\nconnection: close\r\n\r\n").as_bytes()).await;
+        assert_eq!(r.status, 200, "GET {path}: {r:?}");
+        let jwks: Value = serde_json::from_str(&r.body).unwrap_or_else(|e| panic!("GET {path}: {e}: {r:?}"));
+        assert!(jwks["keys"].as_array().is_some_and(|k| !k.is_empty()), "GET {path}: {r:?}");
+    }
+    let path = "/.well-known//openid-configuration";
+    let r = raw(a, format!("GET {path} HTTP/1.1\r\nhost: {a}\r\nconnection: close\r\n\r\n").as_bytes()).await;
+    assert_eq!(r.status, 200, "GET {path}: {r:?}");
+    let doc: Value = serde_json::from_str(&r.body).unwrap_or_else(|e| panic!("GET {path}: {e}: {r:?}"));
+    assert_eq!(doc["issuer"], json!(ISSUER), "GET {path}: {r:?}");
+    // A wrong method is still judged by the endpoint the normalized path names.
+    let r = raw(a, format!("GET //oauth2/token HTTP/1.1\r\nhost: {a}\r\nconnection: close\r\n\r\n").as_bytes()).await;
+    assert_eq!((r.status, r.header("allow")), (405, Some("POST")), "GET //oauth2/token: {r:?}");
     gw.stop().await;
 }

@@ -293,6 +293,12 @@ impl IssuerKeys {
         })
     }
 
+    /// Replaces the keys whole, as a good fetch does; also how the built-in issuer's set
+    /// loses a retired key when its publication window ends.
+    pub fn replace_keys(&self, keys: KeySet) {
+        self.keys.store(Some(Arc::new(keys)));
+    }
+
     pub fn keys(&self) -> Option<Arc<KeySet>> {
         self.keys.load_full()
     }
@@ -357,7 +363,7 @@ impl IssuerKeys {
         let set = KeySet::parse(&bytes, &self.config.algorithms).map_err(|e| e.to_string())?;
         // A good answer replaces the keys whole; a bad one returned early above and the last
         // good keys stay.
-        self.keys.store(Some(Arc::new(set)));
+        self.replace_keys(set);
         Ok(max_age)
     }
 }
