@@ -6,6 +6,7 @@
 //! behind an `ArcSwapOption` and is replaced whole.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -261,10 +262,13 @@ struct KickState {
 pub struct IssuerKeys {
     pub config: IssuerConfig,
     keys: ArcSwapOption<KeySet>,
-    /// Bumped after every fetch attempt, good or bad.
+    /// Bumped after every fetch attempt, good or bad, and when the refresh task ends.
     generation: watch::Sender<u64>,
     kick: Arc<Notify>,
     kick_state: Mutex<KickState>,
+    /// True while a refresh task can still change the keys: false for a fixed set, and once
+    /// the task has ended. Nobody waits for a re-fetch that cannot happen.
+    refreshing: AtomicBool,
 }
 
 impl IssuerKeys {
@@ -277,6 +281,7 @@ impl IssuerKeys {
             generation: watch::channel(0).0,
             kick: Arc::new(Notify::new()),
             kick_state: Mutex::new(KickState::default()),
+            refreshing: AtomicBool::new(true),
         });
         tokio::spawn(refresh_loop(Arc::downgrade(&this), Arc::clone(&this.kick), client, metrics));
         this
@@ -290,6 +295,7 @@ impl IssuerKeys {
             generation: watch::channel(1).0,
             kick: Arc::new(Notify::new()),
             kick_state: Mutex::new(KickState::default()),
+            refreshing: AtomicBool::new(false),
         })
     }
 
@@ -315,7 +321,15 @@ impl IssuerKeys {
     /// Called for a token whose kid is not in the current set. Asks for at most one re-fetch
     /// per `kid_miss_cooldown`; every request that arrives while that fetch is in flight waits
     /// for its result. Returns the key set to look in again, or `None` when no fetch happened.
+    ///
+    /// A request waits at most for one fetch attempt: the one in progress when it arrives (or
+    /// the one it asked for), which wakes it when it ends, good or bad; and never longer than
+    /// `KID_MISS_WAIT`. A key set that nothing fetches (the built-in issuer's, or one whose
+    /// refresh task has ended) answers at once: waiting cannot bring the kid.
     pub async fn refetch_for_unknown_kid(&self) -> Option<Arc<KeySet>> {
+        if !self.refreshing.load(Ordering::Acquire) {
+            return None;
+        }
         let mut rx = self.generation.subscribe();
         let current = *rx.borrow_and_update();
         {
@@ -331,6 +345,8 @@ impl IssuerKeys {
                 self.kick.notify_one();
             }
         }
+        // The refresh task may have ended between the check above and the kick; it bumps the
+        // generation when it does, so this wait ends then too.
         let _ = tokio::time::timeout(KID_MISS_WAIT, rx.wait_for(|g| *g != current)).await;
         self.keys()
     }
@@ -401,6 +417,18 @@ fn max_age(value: &str) -> Option<Duration> {
 /// after a failure. Holds only a weak reference between rounds so a dropped issuer stops it.
 async fn refresh_loop(weak: Weak<IssuerKeys>, kick: Arc<Notify>, client: FetchClient, metrics: Arc<Metrics>) {
     const MIN_WAIT: Duration = Duration::from_secs(1);
+    /// However the task ends (issuer dropped, task cancelled, a panic), requests stop waiting
+    /// for it: the store says nobody refreshes any more, and current waiters are woken.
+    struct Ended(Weak<IssuerKeys>);
+    impl Drop for Ended {
+        fn drop(&mut self) {
+            if let Some(this) = self.0.upgrade() {
+                this.refreshing.store(false, Ordering::Release);
+                this.generation.send_modify(|g| *g += 1);
+            }
+        }
+    }
+    let _ended = Ended(weak.clone());
     let mut backoff = MIN_WAIT;
     loop {
         let wait = {
@@ -471,6 +499,26 @@ mod tests {
     fn garbage_is_an_error() {
         assert!(matches!(KeySet::parse(b"<html>", &[Algorithm::RS256]), Err(JwksError::Json(_))));
         assert_eq!(KeySet::parse(br#"{"keys":[]}"#, &[Algorithm::RS256]).err(), Some(JwksError::NoUsableKey));
+    }
+
+    #[tokio::test]
+    async fn a_fixed_key_set_answers_an_unknown_kid_at_once() {
+        let cfg = IssuerConfig {
+            issuer: "https://fixed.test".to_owned(),
+            source: KeySource::Builtin,
+            audiences: Vec::new(),
+            token_use: None,
+            algorithms: vec![Algorithm::RS256],
+            refresh: Duration::from_secs(3600),
+            kid_miss_cooldown: Duration::from_secs(30),
+        };
+        let keys = KeySet::parse(format!(r#"{{"keys":[{RSA_JWK}]}}"#).as_bytes(), &cfg.algorithms).unwrap();
+        let issuer = IssuerKeys::fixed(cfg, keys);
+        for _ in 0..3 {
+            // Ready on its first poll: no wait for a fetch that nothing would make.
+            let waited = tokio::time::timeout(Duration::ZERO, issuer.refetch_for_unknown_kid()).await;
+            assert!(matches!(waited, Ok(None)));
+        }
     }
 
     #[test]
