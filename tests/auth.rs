@@ -1208,3 +1208,84 @@ async fn unknown_kids_during_a_slow_or_failing_refetch_wait_for_that_one_refetch
     ok(check_forwarded(&resp, &up, 1, "/book"), "known key after the outage");
     gw.stop().await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// A cached token stops working when its key leaves the key set
+// ---------------------------------------------------------------------------------------------
+
+/// Polls (bounded) until `token` is answered with `status`.
+async fn until_status(gw: &Gateway, token: &str, status: u16, what: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let resp = get(gw, "/book", Some(token)).await;
+        if resp.status == status {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{what}: still {} {} after 15 s", resp.status, resp.body);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cached_token_is_refused_once_its_key_leaves_a_jwks_file() {
+    let (k1, k2) = (TestKey::generate(Algorithm::RS256, "file-k1"), TestKey::generate(Algorithm::RS256, "file-k2"));
+    let up = Upstream::start("books").await;
+    let toml = gateway_toml(
+        "",
+        &[issuer_toml(ISS, r#"jwks_file = "keys/jwks.json""#, &["RS256"], "kid_miss_cooldown = \"1h\"")],
+        &up,
+        &[route("/book", &["GET"], r#"scopes = ["API/book.get"]"#)],
+    );
+    let jwks_k1 = json!({ "keys": [k1.jwk()] }).to_string();
+    let gw = Gateway::start_with_files(&toml, &[("keys/jwks.json", &jwks_k1)]).await;
+    let t1 = k1.sign(&claims(ISS, "client-a", "API/book.get"));
+    for i in 0..2 {
+        ok(check_forwarded(&get(&gw, "/book", Some(&t1)).await, &up, i, "/book"), &format!("K1 token, request {i}"));
+    }
+
+    // K2 replaces K1 in the file (rename over it); the file watcher re-reads it.
+    let file = gw.dir.path().join("keys/jwks.json");
+    let tmp = gw.dir.path().join("keys/.jwks.json.tmp");
+    std::fs::write(&tmp, json!({ "keys": [k2.jwk()] }).to_string()).expect("write");
+    std::fs::rename(&tmp, &file).expect("rename");
+    // K2 passes once the new file is loaded (by the watcher or by K2's unknown kid).
+    let t2 = k2.sign(&claims(ISS, "client-b", "API/book.get"));
+    until_status(&gw, &t2, 200, "K2 token after the file now holds K2").await;
+
+    let resp = get(&gw, "/book", Some(&t1)).await;
+    ok(check_unauthorized(&resp, INVALID_TOKEN), "cached K1 token after K1 left the file");
+    let resp = get(&gw, "/book", Some(&k1.sign(&claims(ISS, "client-a", "API/book.get")))).await;
+    ok(check_unauthorized(&resp, INVALID_TOKEN), "fresh K1 token after K1 left the file");
+    let before = up.count();
+    ok(check_forwarded(&get(&gw, "/book", Some(&t2)).await, &up, before, "/book"), "K2 token (cached)");
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cached_token_is_refused_once_its_key_leaves_a_jwks_uri() {
+    let (k1, k2) = (TestKey::generate(Algorithm::RS256, "uri-k1"), TestKey::generate(Algorithm::RS256, "uri-k2"));
+    let jwks = JwksServer::start(vec![k1.jwk()]).await;
+    let up = Upstream::start("books").await;
+    let toml = gateway_toml(
+        "",
+        &[issuer_toml(ISS, &jwks_uri(&jwks.url), &["RS256"], "refresh = \"1h\"\nkid_miss_cooldown = \"1s\"")],
+        &up,
+        &[route("/book", &["GET"], r#"scopes = ["API/book.get"]"#)],
+    );
+    let gw = Gateway::start(&toml).await;
+    let t1 = k1.sign(&claims(ISS, "client-a", "API/book.get"));
+    for i in 0..2 {
+        ok(check_forwarded(&get(&gw, "/book", Some(&t1)).await, &up, i, "/book"), &format!("K1 token, request {i}"));
+    }
+
+    // The provider rotates to K2 only; the first K2 token's unknown kid re-fetches the set.
+    jwks.set_keys(vec![k2.jwk()]);
+    let t2 = k2.sign(&claims(ISS, "client-b", "API/book.get"));
+    until_status(&gw, &t2, 200, "K2 token after the provider rotated").await;
+
+    let resp = get(&gw, "/book", Some(&t1)).await;
+    ok(check_unauthorized(&resp, INVALID_TOKEN), "cached K1 token after K1 left the JWKS");
+    let before = up.count();
+    ok(check_forwarded(&get(&gw, "/book", Some(&t2)).await, &up, before, "/book"), "K2 token (cached)");
+    gw.stop().await;
+}

@@ -3,14 +3,15 @@
 //! A key set is parsed and filtered once per load: keys that are not for signatures, `oct`
 //! (HMAC) keys, and keys whose algorithm is outside the issuer's allow-list are dropped here, so
 //! a request only ever checks a token's `alg` against what the key set allows. The live set sits
-//! behind an `ArcSwapOption` and is replaced whole.
+//! behind an `ArcSwapOption` and is replaced whole, with a version that changes exactly when its
+//! content does: a cached token verified with a key checks that version, and the key's presence
+//! when it moved, before it is trusted again.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwapOption;
 use aws_lc_rs::signature::{ParsedPublicKey, VerificationAlgorithm};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
@@ -48,9 +49,16 @@ impl std::fmt::Display for JwksError {
 /// (a subset of the allow-list), so a cache miss pays for the signature check only.
 pub struct KeyEntry {
     verifiers: Vec<(Algorithm, ParsedPublicKey)>,
+    /// The public key bytes the verifiers were parsed from: what makes two entries the same key.
+    material: Box<[u8]>,
 }
 
 impl KeyEntry {
+    /// Same key material for the same algorithms.
+    fn same_key(&self, other: &KeyEntry) -> bool {
+        self.material == other.material && self.algorithms().eq(other.algorithms())
+    }
+
     pub fn allows(&self, alg: Algorithm) -> bool {
         self.verifiers.iter().any(|(a, _)| *a == alg)
     }
@@ -146,7 +154,7 @@ fn public_key_bytes(jwk: &serde_json::Value, family: &[Algorithm]) -> Option<Vec
 }
 
 /// A parsed key set.
-#[derive(Default)]
+#[derive(Default, Clone)]
 pub struct KeySet {
     by_kid: HashMap<String, Arc<KeyEntry>>,
     without_kid: Vec<Arc<KeyEntry>>,
@@ -217,7 +225,7 @@ impl KeySet {
         if verifiers.is_empty() {
             return None;
         }
-        Some(Arc::new(KeyEntry { verifiers }))
+        Some(Arc::new(KeyEntry { verifiers, material: bytes.into_boxed_slice() }))
     }
 
     pub fn len(&self) -> usize {
@@ -235,6 +243,91 @@ impl KeySet {
     /// Every key, for tokens without a `kid`.
     pub fn all(&self) -> impl Iterator<Item = &Arc<KeyEntry>> {
         self.by_kid.values().chain(self.without_kid.iter())
+    }
+
+    /// True when `key` itself (not merely an equal key) is in this set.
+    pub fn holds(&self, key: &Arc<KeyEntry>) -> bool {
+        self.all().any(|e| Arc::ptr_eq(e, key))
+    }
+
+    /// `self` with every key that `old` holds unchanged (same kid, same key) replaced by
+    /// `old`'s entry, so entries survive a reload that did not change them; and whether any
+    /// key was added, changed or dropped compared with `old`.
+    fn carry_over(mut self, old: &KeySet) -> (KeySet, bool) {
+        let mut changed = self.by_kid.len() != old.by_kid.len() || self.without_kid.len() != old.without_kid.len();
+        for (kid, entry) in &mut self.by_kid {
+            match old.by_kid.get(kid) {
+                Some(prev) if prev.same_key(entry) => *entry = Arc::clone(prev),
+                _ => changed = true,
+            }
+        }
+        for entry in &mut self.without_kid {
+            match old.without_kid.iter().find(|prev| prev.same_key(entry)) {
+                Some(prev) => *entry = Arc::clone(prev),
+                None => changed = true,
+            }
+        }
+        (self, changed)
+    }
+}
+
+mod live {
+    //! The live key set of one issuer. Its own module so that nothing in `jwks` can replace the
+    //! set without going through [`LiveKeys::store`], which keeps the version honest.
+
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    use arc_swap::ArcSwapOption;
+
+    use super::KeySet;
+
+    pub struct LiveKeys {
+        set: ArcSwapOption<KeySet>,
+        /// Bumped after every store that changed the set's content, never otherwise.
+        version: AtomicU64,
+        /// Serializes stores, so each compares against the set it replaces.
+        store: Mutex<()>,
+    }
+
+    impl LiveKeys {
+        pub fn new(set: Option<KeySet>) -> LiveKeys {
+            LiveKeys { set: ArcSwapOption::new(set.map(Arc::new)), version: AtomicU64::new(0), store: Mutex::new(()) }
+        }
+
+        pub fn load_full(&self) -> Option<Arc<KeySet>> {
+            self.set.load_full()
+        }
+
+        pub fn is_some(&self) -> bool {
+            self.set.load().is_some()
+        }
+
+        pub fn version(&self) -> u64 {
+            self.version.load(Ordering::Acquire)
+        }
+
+        /// Replaces the set. Keys that did not change keep their entries; a set equal to the
+        /// live one leaves everything as it is (the version too, so cached tokens stay valid).
+        pub fn store(&self, new: Option<Arc<KeySet>>) {
+            let _one_at_a_time = self.store.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let old = self.set.load_full();
+            let new = match (new, &old) {
+                (None, None) => return,
+                (None, Some(_)) => None,
+                (Some(new), None) => Some(new),
+                (Some(new), Some(old)) => {
+                    let (merged, changed) = Arc::unwrap_or_clone(new).carry_over(old);
+                    if !changed {
+                        return;
+                    }
+                    Some(Arc::new(merged))
+                }
+            };
+            self.set.store(new);
+            // After the store: whoever sees the new version also sees the new set.
+            self.version.fetch_add(1, Ordering::Release);
+        }
     }
 }
 
@@ -261,7 +354,7 @@ struct KickState {
 /// The live keys of one issuer and the task that keeps them fresh.
 pub struct IssuerKeys {
     pub config: IssuerConfig,
-    keys: ArcSwapOption<KeySet>,
+    keys: live::LiveKeys,
     /// Bumped after every fetch attempt, good or bad, and when the refresh task ends.
     generation: watch::Sender<u64>,
     kick: Arc<Notify>,
@@ -277,7 +370,7 @@ impl IssuerKeys {
     pub fn start(config: IssuerConfig, client: FetchClient, metrics: Arc<Metrics>) -> Arc<IssuerKeys> {
         let this = Arc::new(IssuerKeys {
             config,
-            keys: ArcSwapOption::empty(),
+            keys: live::LiveKeys::new(None),
             generation: watch::channel(0).0,
             kick: Arc::new(Notify::new()),
             kick_state: Mutex::new(KickState::default()),
@@ -291,7 +384,7 @@ impl IssuerKeys {
     pub fn fixed(config: IssuerConfig, keys: KeySet) -> Arc<IssuerKeys> {
         Arc::new(IssuerKeys {
             config,
-            keys: ArcSwapOption::from_pointee(keys),
+            keys: live::LiveKeys::new(Some(keys)),
             generation: watch::channel(1).0,
             kick: Arc::new(Notify::new()),
             kick_state: Mutex::new(KickState::default()),
@@ -304,7 +397,17 @@ impl IssuerKeys {
     }
 
     pub fn has_keys(&self) -> bool {
-        self.keys.load().is_some()
+        self.keys.is_some()
+    }
+
+    /// Changes exactly when the key set's content changes (a key added, replaced or dropped).
+    pub fn key_version(&self) -> u64 {
+        self.keys.version()
+    }
+
+    /// True when `key` is still in the live set.
+    pub fn still_holds(&self, key: &Arc<KeyEntry>) -> bool {
+        self.keys().is_some_and(|set| set.holds(key))
     }
 
     /// Re-reads the keys now (a watched `jwks_file` changed).
@@ -499,6 +602,33 @@ mod tests {
     fn garbage_is_an_error() {
         assert!(matches!(KeySet::parse(b"<html>", &[Algorithm::RS256]), Err(JwksError::Json(_))));
         assert_eq!(KeySet::parse(br#"{"keys":[]}"#, &[Algorithm::RS256]).err(), Some(JwksError::NoUsableKey));
+    }
+
+    #[test]
+    fn a_key_set_version_moves_only_when_its_content_does() {
+        const EC_JWK: &str = r#"{"kty":"EC","kid":"e1","crv":"P-256","alg":"ES256","x":"f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU","y":"x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"}"#;
+        let algs = [Algorithm::RS256, Algorithm::ES256];
+        let set = |keys: &str| KeySet::parse(format!(r#"{{"keys":[{keys}]}}"#).as_bytes(), &algs).unwrap();
+        let live = live::LiveKeys::new(Some(set(RSA_JWK)));
+        let v0 = live.version();
+        let r1 = Arc::clone(live.load_full().unwrap().get("r1").unwrap());
+
+        // The same document again (a refresh that found nothing new): nothing moves.
+        live.store(Some(Arc::new(set(RSA_JWK))));
+        assert_eq!(live.version(), v0);
+        assert!(Arc::ptr_eq(live.load_full().unwrap().get("r1").unwrap(), &r1));
+
+        // A key added: the version moves, the unchanged key keeps its entry.
+        live.store(Some(Arc::new(set(&format!("{RSA_JWK},{EC_JWK}")))));
+        let v1 = live.version();
+        assert_ne!(v1, v0);
+        let now = live.load_full().unwrap();
+        assert!(now.holds(&r1) && now.get("e1").is_some());
+
+        // Another key under the same kid: the old entry is gone.
+        live.store(Some(Arc::new(set(&EC_JWK.replace(r#""e1""#, r#""r1""#)))));
+        assert_ne!(live.version(), v1);
+        assert!(!live.load_full().unwrap().holds(&r1));
     }
 
     #[tokio::test]

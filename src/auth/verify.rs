@@ -1,9 +1,11 @@
 //! Token verification: header and claims decoded once, the key chosen by `iss` and `kid`, the
 //! algorithm checked against what that key allows (never taken from the token alone), the
 //! signature verified, then the time, audience and `token_use` checks. A verified token becomes
-//! a [`Principal`], cached until (never after) the token's `exp`.
+//! a [`Principal`], cached until (never after) the token's `exp`, and only while the key that
+//! verified it is still in its issuer's key set.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -41,6 +43,22 @@ pub struct Principal {
     pub exp: u64,
     /// The identity header values; `None` for a claim that cannot be a header value.
     identity: [Option<HeaderValue>; 4],
+    /// The key that verified the token (`None` for a principal made by hand).
+    key: Option<KeyBinding>,
+}
+
+/// Which key verified a principal's token, and the issuer key-set version at which that key was
+/// last seen in the live set.
+struct KeyBinding {
+    issuer: Arc<IssuerKeys>,
+    key: Arc<KeyEntry>,
+    seen: AtomicU64,
+}
+
+impl std::fmt::Debug for KeyBinding {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyBinding").field("seen", &self.seen).finish_non_exhaustive()
+    }
 }
 
 impl Principal {
@@ -75,7 +93,30 @@ impl Principal {
             *slot = HeaderValue::from_maybe_shared(text.slice(start as usize..end as usize)).ok();
             start = end;
         }
-        Principal { text, ends, scopes: spans.into_boxed_slice(), exp, identity }
+        Principal { text, ends, scopes: spans.into_boxed_slice(), exp, identity, key: None }
+    }
+
+    /// Records the key that verified the token, as of key-set `version`.
+    fn verified_by(mut self, issuer: &Arc<IssuerKeys>, key: Arc<KeyEntry>, version: u64) -> Self {
+        self.key = Some(KeyBinding { issuer: Arc::clone(issuer), key, seen: AtomicU64::new(version) });
+        self
+    }
+
+    /// True while the key that verified the token is in its issuer's live key set. The usual
+    /// answer costs two atomic loads: the set has not changed since the key was last seen in
+    /// it. After a change, the key is looked for in the new set once.
+    fn key_is_live(&self) -> bool {
+        let Some(b) = &self.key else { return false };
+        let version = b.issuer.key_version();
+        if version == b.seen.load(Ordering::Relaxed) {
+            return true;
+        }
+        // Loaded after `version`: a set changed again meanwhile has a newer version still.
+        let live = b.issuer.still_holds(&b.key);
+        if live {
+            b.seen.store(version, Ordering::Relaxed);
+        }
+        live
     }
 
     fn span(&self, start: u32, end: u32) -> &str {
@@ -200,11 +241,14 @@ impl Verifier {
     }
 
     /// Verifies `token`, from the cache when it was verified before and has not expired.
+    ///
+    /// A cached principal is used only while the key that verified it is still in its
+    /// issuer's key set: a key dropped from the set takes its cached tokens with it.
     pub async fn verify(&self, token: &str) -> Result<Arc<Principal>, Reject> {
         let now = now_secs();
         if let Some(cache) = &self.cache {
             if let Some(p) = cache.get(token) {
-                if now < p.exp {
+                if now < p.exp && p.key_is_live() {
                     self.metrics.cache_hits.inc();
                     return Ok(p);
                 }
@@ -237,6 +281,9 @@ impl Verifier {
         let alg = parse_alg(&header.alg)
             .filter(|a| issuer.config.algorithms.contains(a))
             .ok_or(unauthorized(AuthFailure::DisallowedAlg))?;
+        // The version before the set: if the set changes in between, the principal's key is
+        // looked up again on its first cache hit.
+        let version = issuer.key_version();
         // An issuer that has never had keys cannot judge any token: that is our outage, not
         // the client's fault, so it is a 503 rather than a 401.
         let keys = issuer.keys().ok_or(Reject::KeysUnavailable)?;
@@ -254,7 +301,6 @@ impl Verifier {
                 }
             }
         };
-        drop(entry);
 
         // Time claims, with leeway for clock skew. `exp` is required: a token that never
         // expires would also live in the cache forever.
@@ -290,7 +336,7 @@ impl Verifier {
         let sub = claims.sub.as_deref().unwrap_or(client_id);
         // Truncation floors the expiry: a cache entry may die early, never late.
         let exp = exp.max(0.0) as u64;
-        Ok(match (&claims.scope, &claims.scp) {
+        let principal = match (&claims.scope, &claims.scp) {
             (Some(s), _) | (None, Some(OneOrMany::One(s))) => {
                 Principal::new(sub, client_id, &cfg.issuer, s.split_whitespace(), exp)
             }
@@ -298,7 +344,8 @@ impl Verifier {
                 Principal::new(sub, client_id, &cfg.issuer, v.iter().map(String::as_str), exp)
             }
             (None, None) => Principal::new(sub, client_id, &cfg.issuer, [], exp),
-        })
+        };
+        Ok(principal.verified_by(issuer, entry, version))
     }
 }
 
