@@ -1289,3 +1289,57 @@ async fn cached_token_is_refused_once_its_key_leaves_a_jwks_uri() {
     ok(check_forwarded(&get(&gw, "/book", Some(&t2)).await, &up, before, "/book"), "K2 token (cached)");
     gw.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refreshes_that_keep_a_key_keep_its_cached_tokens() {
+    let (k1, k2) = (TestKey::generate(Algorithm::RS256, "keep-k1"), TestKey::generate(Algorithm::RS256, "keep-k2"));
+    let jwks = JwksServer::start(vec![k1.jwk()]).await;
+    let up = Upstream::start("books").await;
+    let toml = gateway_toml(
+        "",
+        &[issuer_toml(ISS, &jwks_uri(&jwks.url), &["RS256"], "refresh = \"1s\"")],
+        &up,
+        &[route("/book", &["GET"], r#"scopes = ["API/book.get"]"#)],
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("gateway.toml");
+    std::fs::write(&config, toml).expect("write gateway.toml");
+    let server = tokio::time::timeout(Duration::from_secs(30), scopegate::Server::start(&config))
+        .await
+        .expect("Server::start within 30 s")
+        .expect("gateway starts");
+    let addr = server.local_addr();
+    let m = server.metrics();
+    let fetches = || m.jwks_refreshes.with_label_values(&[ISS, "ok"]).get();
+    let t1 = k1.sign(&claims(ISS, "client-a", "API/book.get"));
+    let bearer = format!("Bearer {t1}");
+    let auth = [("authorization", bearer.as_str())];
+    let get_t1 = || send_to(addr, "GET", "/book", &auth, "");
+    for i in 0..2 {
+        ok(check_forwarded(&get_t1().await, &up, i, "/book"), &format!("K1 token, request {i}"));
+    }
+
+    // Refreshes that return the same document, then one that adds K2: K1 stays, and so do the
+    // tokens cached with it.
+    for change in [None, Some(vec![k1.jwk(), k2.jwk()])] {
+        let set_changed = change.is_some();
+        if let Some(keys) = change {
+            jwks.set_keys(keys);
+        }
+        let (hits, misses, seen) = (m.cache_hits.get(), m.cache_misses.get(), fetches());
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        while fetches() < seen + 2 {
+            assert!(tokio::time::Instant::now() < deadline, "no two JWKS refreshes within 15 s");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let before = up.count();
+        ok(check_forwarded(&get_t1().await, &up, before, "/book"), "K1 token after refreshes");
+        let what = if set_changed { "a refresh that added a key" } else { "refreshes of the same keys" };
+        assert_eq!((m.cache_hits.get(), m.cache_misses.get()), (hits + 1, misses), "cached K1 token after {what}");
+    }
+    let t2 = k2.sign(&claims(ISS, "client-b", "API/book.get"));
+    let before = up.count();
+    let resp = send_to(addr, "GET", "/book", &[("authorization", &format!("Bearer {t2}"))], "").await;
+    ok(check_forwarded(&resp, &up, before, "/book"), "K2 token");
+    tokio::time::timeout(Duration::from_secs(30), server.shutdown()).await.expect("shutdown within 30 s");
+}
