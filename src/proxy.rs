@@ -21,7 +21,7 @@ use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use tokio::sync::OwnedSemaphorePermit;
 
-use crate::auth::verify::Principal;
+use crate::auth::verify::{bounded, Principal, TokenInfo};
 use crate::auth::{extract, scope};
 use crate::config::{Action, MockResponse, RouteAuth};
 use crate::error::{json_response, Body, Reject};
@@ -110,6 +110,29 @@ pub struct Access<'a> {
     /// The normalized path, when it differs from the request's.
     pub normalized: Option<String>,
     pub reason: &'static str,
+    /// The matched route's scope requirement: any one of the first list, every one of the second.
+    pub required: (&'a [String], &'a [String]),
+    /// What verification learnt about the token, also when it failed.
+    pub token: TokenInfo,
+}
+
+/// Longest list of a token's scopes written to an access-log line, in bytes (the line also
+/// carries their count).
+const LOGGED_SCOPES_MAX: usize = 512;
+
+/// Scopes joined by spaces, written straight into the log line.
+struct Joined<'a>(&'a [String]);
+
+impl std::fmt::Display for Joined<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, s) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(" ")?;
+            }
+            f.write_str(s)?;
+        }
+        Ok(())
+    }
 }
 
 /// What the pipeline decided to do with a request that passed every check.
@@ -155,6 +178,15 @@ pub async fn handle(
     let m = &shared.metrics;
     m.requests.with_label_values(&[route_label, method_label(&method), resp.status().as_str()]).inc();
     m.request_duration.with_label_values(&[route_label]).observe(elapsed.as_secs_f64());
+    // The decision, so that one line answers "why this status": the route's requirement, what
+    // the token is (verified: from the principal; refused: what it claimed, made printable and
+    // bounded), whether the cache answered, and the reason. Never the token itself.
+    let who = access.principal.as_deref();
+    let (iss, kid) = match who {
+        Some(p) => (p.issuer(), p.kid().unwrap_or("")),
+        None => (access.token.iss.as_deref().unwrap_or(""), access.token.kid.as_deref().unwrap_or("")),
+    };
+    let token_scopes = bounded(who.map_or("", Principal::scope_text), LOGGED_SCOPES_MAX);
     tracing::info!(
         target: "scopegate::access",
         request_id = request_id.to_str().unwrap_or(""),
@@ -166,6 +198,14 @@ pub async fn handle(
         duration_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
         client_id = access.principal.as_ref().map_or("", |p| p.client_id()),
         reason = access.reason,
+        required_any_of = %Joined(access.required.0),
+        required_all_of = %Joined(access.required.1),
+        iss,
+        kid,
+        token_verified = who.is_some(),
+        cache = access.token.cache.as_str(),
+        token_scopes = &*token_scopes,
+        token_scope_count = who.map_or(0, Principal::scope_count),
     );
     Ok(resp)
 }
@@ -249,8 +289,9 @@ pub async fn decide<'s>(
     let principal = match &route.auth {
         RouteAuth::None => None,
         RouteAuth::Jwt { any_of, all_of } => {
+            access.required = (any_of, all_of);
             let token = extract::bearer(&parts.headers, &cfg.auth.header).map_err(Reject::Unauthorized)?;
-            let who = snap.verifier.verify(token).await?;
+            let who = snap.verifier.verify_with(token, &mut access.token).await?;
             access.principal = Some(Arc::clone(&who));
             if !scope::allows(any_of, all_of, &who) {
                 return Err(Reject::InsufficientScope(cfg.auth.scope_failure_status));

@@ -1047,3 +1047,301 @@ async fn unknown_kid_picks_up_a_rotated_key_and_refetches_once_per_cooldown() {
     assert_eq!(up.count(), 2);
     gw.stop().await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// Unknown kid on a key set that cannot change, and during a slow or failing re-fetch
+// ---------------------------------------------------------------------------------------------
+
+/// The built-in issuer's name in the tests below; only a name, nothing is fetched from it.
+const BUILTIN_ISS: &str = "https://issuer.scopegate.test";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_kid_on_the_builtin_issuer_is_refused_at_once() {
+    let up = Upstream::start("books").await;
+    let toml = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n\n[issuer]\nissuer = {}\n\n[upstreams.books]\nurl = {}\n\n{}",
+        toml_str(BUILTIN_ISS),
+        toml_str(&up.url),
+        route("/book", &["GET"], r#"scopes = ["API/book.get"]"#)
+    );
+    let gw = Gateway::start(&toml).await;
+    // Signed by a key the issuer never had, under kids it never published: the built-in
+    // issuer's key set is fixed, so there is nothing to wait for.
+    let stranger = TestKey::generate(Algorithm::RS256, "stranger");
+    for i in 0..3 {
+        let header = json!({"alg": "RS256", "kid": format!("not-published-{i}"), "typ": "JWT"});
+        let token = stranger.sign_with_header(&header, &claims(BUILTIN_ISS, "client-a", "API/book.get"));
+        let started = std::time::Instant::now();
+        let resp = get(&gw, "/book", Some(&token)).await;
+        let took = started.elapsed();
+        ok(check_unauthorized(&resp, INVALID_TOKEN), &format!("unknown kid {i} on the built-in issuer"));
+        // Behavioural bound only: the old code parked every such request for 5 s.
+        assert!(took < Duration::from_secs(2), "unknown kid {i} on the built-in issuer took {took:?}");
+    }
+    assert_eq!(up.count(), 0);
+    gw.stop().await;
+}
+
+/// A JWKS endpoint whose answers can be delayed or turned into 500s, counting requests as
+/// they arrive. Stops with its connections when dropped.
+struct FlakyJwks {
+    url: String,
+    hits: Arc<AtomicUsize>,
+    delay_ms: Arc<std::sync::atomic::AtomicU64>,
+    failing: Arc<std::sync::atomic::AtomicBool>,
+    _task: ServerTask,
+}
+
+impl FlakyJwks {
+    async fn start(keys: Vec<Value>) -> FlakyJwks {
+        let (listener, addr) = bind_local().await;
+        let hits = Arc::new(AtomicUsize::new(0));
+        let delay_ms = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let failing = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let document = json!({ "keys": keys }).to_string();
+        let (h, d, f) = (Arc::clone(&hits), Arc::clone(&delay_ms), Arc::clone(&failing));
+        let task = spawn_http_server(listener, move |_req| {
+            h.fetch_add(1, Ordering::SeqCst);
+            let delay = Duration::from_millis(d.load(Ordering::SeqCst));
+            let resp = if f.load(Ordering::SeqCst) {
+                response(500, "application/json", r#"{"error":"down"}"#)
+            } else {
+                response(200, "application/json", document.clone())
+            };
+            async move {
+                tokio::time::sleep(delay).await;
+                resp
+            }
+        });
+        FlakyJwks { url: format!("http://{addr}/.well-known/jwks.json"), hits, delay_ms, failing, _task: task }
+    }
+
+    fn hits(&self) -> usize {
+        self.hits.load(Ordering::SeqCst)
+    }
+}
+
+/// Sends one GET /book per token, all at once; returns (answer, time it took) in token order.
+async fn concurrently(gw: &Gateway, tokens: &[String]) -> Vec<(Resp, Duration)> {
+    let mut tasks = tokio::task::JoinSet::new();
+    for (i, token) in tokens.iter().enumerate() {
+        let (addr, auth) = (gw.addr, format!("Bearer {token}"));
+        tasks.spawn(async move {
+            let started = std::time::Instant::now();
+            let resp = send_to(addr, "GET", "/book", &[("authorization", &auth)], "").await;
+            (i, resp, started.elapsed())
+        });
+    }
+    let mut out = Vec::new();
+    while let Some(done) = tasks.join_next().await {
+        out.push(done.expect("a request task panicked (no answer within 10 s?)"));
+    }
+    out.sort_by_key(|(i, _, _)| *i);
+    out.into_iter().map(|(_, r, t)| (r, t)).collect()
+}
+
+/// Polls (bounded) until the JWKS server has seen more than `hits` requests.
+async fn wait_for_fetch(jwks: &FlakyJwks, hits: usize) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while jwks.hits() <= hits {
+        assert!(tokio::time::Instant::now() < deadline, "the unknown kid's re-fetch never reached the provider");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_kids_during_a_slow_or_failing_refetch_wait_for_that_one_refetch_only() {
+    let key = TestKey::generate(Algorithm::RS256, "k1");
+    let jwks = FlakyJwks::start(vec![key.jwk()]).await;
+    let up = Upstream::start("books").await;
+    let toml = gateway_toml(
+        "",
+        &[issuer_toml(ISS, &jwks_uri(&jwks.url), &["RS256"], "refresh = \"1h\"\nkid_miss_cooldown = \"2s\"")],
+        &up,
+        &[route("/book", &["GET"], r#"scopes = ["API/book.get"]"#)],
+    );
+    let gw = Gateway::start(&toml).await;
+    let c = claims(ISS, "client-a", "API/book.get");
+    ok(check_forwarded(&get(&gw, "/book", Some(&key.sign(&c))).await, &up, 0, "/book"), "known key");
+    let junk = |tag: &str| -> String {
+        let header = json!({"alg": "RS256", "kid": format!("junk-{tag}"), "typ": "JWT"});
+        key.sign_with_header(&header, &c)
+    };
+
+    // Slow provider: the first unknown kid starts a re-fetch that takes 1.5 s; unknown kids
+    // arriving meanwhile join it. All are answered when it returns: one fetch for all of them.
+    jwks.delay_ms.store(1500, Ordering::SeqCst);
+    let before = jwks.hits();
+    let first = {
+        let (addr, auth) = (gw.addr, format!("Bearer {}", junk("slow-0")));
+        tokio::spawn(async move { send_to(addr, "GET", "/book", &[("authorization", &auth)], "").await })
+    };
+    wait_for_fetch(&jwks, before).await;
+    let joined = concurrently(&gw, &[junk("slow-1"), junk("slow-2"), junk("slow-3")]).await;
+    let first = tokio::time::timeout(Duration::from_secs(10), first).await.expect("first: no answer").expect("task");
+    ok(check_unauthorized(&first, INVALID_TOKEN), "unknown kid that started the re-fetch");
+    for (i, (resp, took)) in joined.iter().enumerate() {
+        ok(check_unauthorized(resp, INVALID_TOKEN), &format!("unknown kid {i} that joined the re-fetch"));
+        // At most the rest of the 1.5 s re-fetch (the old fixed wait was 5 s), with margin.
+        assert!(*took < Duration::from_millis(4000), "unknown kid {i} waited {took:?} for a 1.5 s re-fetch");
+    }
+    assert_eq!(jwks.hits(), before + 1, "one re-fetch for every unknown kid that arrived during it");
+
+    // Provider down: the re-fetch fails fast; the waiters are answered when it fails, and
+    // inside the cooldown no further fetch is made.
+    tokio::time::sleep(Duration::from_millis(2100)).await; // the 2 s cooldown ends
+    jwks.delay_ms.store(300, Ordering::SeqCst);
+    jwks.failing.store(true, Ordering::SeqCst);
+    let before = jwks.hits();
+    let answers = concurrently(&gw, &[junk("down-0"), junk("down-1"), junk("down-2")]).await;
+    for (i, (resp, took)) in answers.iter().enumerate() {
+        ok(check_unauthorized(resp, INVALID_TOKEN), &format!("unknown kid {i} while the provider is down"));
+        assert!(*took < Duration::from_millis(3000), "unknown kid {i} waited {took:?} for a failing re-fetch");
+    }
+    assert_eq!(jwks.hits(), before + 1, "one failed re-fetch for the unknown kids while the provider is down");
+    let answers = concurrently(&gw, &[junk("cool-0"), junk("cool-1")]).await;
+    for (i, (resp, _)) in answers.iter().enumerate() {
+        ok(check_unauthorized(resp, INVALID_TOKEN), &format!("unknown kid {i} inside the cooldown"));
+    }
+    assert_eq!(jwks.hits(), before + 1, "unknown kids inside the cooldown fetched again");
+
+    // The last good keys still verify.
+    let resp = get(&gw, "/book", Some(&key.sign(&c))).await;
+    ok(check_forwarded(&resp, &up, 1, "/book"), "known key after the outage");
+    gw.stop().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// A cached token stops working when its key leaves the key set
+// ---------------------------------------------------------------------------------------------
+
+/// Polls (bounded) until `token` is answered with `status`.
+async fn until_status(gw: &Gateway, token: &str, status: u16, what: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let resp = get(gw, "/book", Some(token)).await;
+        if resp.status == status {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{what}: still {} {} after 15 s", resp.status, resp.body);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cached_token_is_refused_once_its_key_leaves_a_jwks_file() {
+    let (k1, k2) = (TestKey::generate(Algorithm::RS256, "file-k1"), TestKey::generate(Algorithm::RS256, "file-k2"));
+    let up = Upstream::start("books").await;
+    let toml = gateway_toml(
+        "",
+        &[issuer_toml(ISS, r#"jwks_file = "keys/jwks.json""#, &["RS256"], "kid_miss_cooldown = \"1h\"")],
+        &up,
+        &[route("/book", &["GET"], r#"scopes = ["API/book.get"]"#)],
+    );
+    let jwks_k1 = json!({ "keys": [k1.jwk()] }).to_string();
+    let gw = Gateway::start_with_files(&toml, &[("keys/jwks.json", &jwks_k1)]).await;
+    let t1 = k1.sign(&claims(ISS, "client-a", "API/book.get"));
+    for i in 0..2 {
+        ok(check_forwarded(&get(&gw, "/book", Some(&t1)).await, &up, i, "/book"), &format!("K1 token, request {i}"));
+    }
+
+    // K2 replaces K1 in the file (rename over it); the file watcher re-reads it.
+    let file = gw.dir.path().join("keys/jwks.json");
+    let tmp = gw.dir.path().join("keys/.jwks.json.tmp");
+    std::fs::write(&tmp, json!({ "keys": [k2.jwk()] }).to_string()).expect("write");
+    std::fs::rename(&tmp, &file).expect("rename");
+    // K2 passes once the new file is loaded (by the watcher or by K2's unknown kid).
+    let t2 = k2.sign(&claims(ISS, "client-b", "API/book.get"));
+    until_status(&gw, &t2, 200, "K2 token after the file now holds K2").await;
+
+    let resp = get(&gw, "/book", Some(&t1)).await;
+    ok(check_unauthorized(&resp, INVALID_TOKEN), "cached K1 token after K1 left the file");
+    let resp = get(&gw, "/book", Some(&k1.sign(&claims(ISS, "client-a", "API/book.get")))).await;
+    ok(check_unauthorized(&resp, INVALID_TOKEN), "fresh K1 token after K1 left the file");
+    let before = up.count();
+    ok(check_forwarded(&get(&gw, "/book", Some(&t2)).await, &up, before, "/book"), "K2 token (cached)");
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cached_token_is_refused_once_its_key_leaves_a_jwks_uri() {
+    let (k1, k2) = (TestKey::generate(Algorithm::RS256, "uri-k1"), TestKey::generate(Algorithm::RS256, "uri-k2"));
+    let jwks = JwksServer::start(vec![k1.jwk()]).await;
+    let up = Upstream::start("books").await;
+    let toml = gateway_toml(
+        "",
+        &[issuer_toml(ISS, &jwks_uri(&jwks.url), &["RS256"], "refresh = \"1h\"\nkid_miss_cooldown = \"1s\"")],
+        &up,
+        &[route("/book", &["GET"], r#"scopes = ["API/book.get"]"#)],
+    );
+    let gw = Gateway::start(&toml).await;
+    let t1 = k1.sign(&claims(ISS, "client-a", "API/book.get"));
+    for i in 0..2 {
+        ok(check_forwarded(&get(&gw, "/book", Some(&t1)).await, &up, i, "/book"), &format!("K1 token, request {i}"));
+    }
+
+    // The provider rotates to K2 only; the first K2 token's unknown kid re-fetches the set.
+    jwks.set_keys(vec![k2.jwk()]);
+    let t2 = k2.sign(&claims(ISS, "client-b", "API/book.get"));
+    until_status(&gw, &t2, 200, "K2 token after the provider rotated").await;
+
+    let resp = get(&gw, "/book", Some(&t1)).await;
+    ok(check_unauthorized(&resp, INVALID_TOKEN), "cached K1 token after K1 left the JWKS");
+    let before = up.count();
+    ok(check_forwarded(&get(&gw, "/book", Some(&t2)).await, &up, before, "/book"), "K2 token (cached)");
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refreshes_that_keep_a_key_keep_its_cached_tokens() {
+    let (k1, k2) = (TestKey::generate(Algorithm::RS256, "keep-k1"), TestKey::generate(Algorithm::RS256, "keep-k2"));
+    let jwks = JwksServer::start(vec![k1.jwk()]).await;
+    let up = Upstream::start("books").await;
+    let toml = gateway_toml(
+        "",
+        &[issuer_toml(ISS, &jwks_uri(&jwks.url), &["RS256"], "refresh = \"1s\"")],
+        &up,
+        &[route("/book", &["GET"], r#"scopes = ["API/book.get"]"#)],
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("gateway.toml");
+    std::fs::write(&config, toml).expect("write gateway.toml");
+    let server = tokio::time::timeout(Duration::from_secs(30), scopegate::Server::start(&config))
+        .await
+        .expect("Server::start within 30 s")
+        .expect("gateway starts");
+    let addr = server.local_addr();
+    let m = server.metrics();
+    let fetches = || m.jwks_refreshes.with_label_values(&[ISS, "ok"]).get();
+    let t1 = k1.sign(&claims(ISS, "client-a", "API/book.get"));
+    let bearer = format!("Bearer {t1}");
+    let auth = [("authorization", bearer.as_str())];
+    let get_t1 = || send_to(addr, "GET", "/book", &auth, "");
+    for i in 0..2 {
+        ok(check_forwarded(&get_t1().await, &up, i, "/book"), &format!("K1 token, request {i}"));
+    }
+
+    // Refreshes that return the same document, then one that adds K2: K1 stays, and so do the
+    // tokens cached with it.
+    for change in [None, Some(vec![k1.jwk(), k2.jwk()])] {
+        let set_changed = change.is_some();
+        if let Some(keys) = change {
+            jwks.set_keys(keys);
+        }
+        let (hits, misses, seen) = (m.cache_hits.get(), m.cache_misses.get(), fetches());
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        while fetches() < seen + 2 {
+            assert!(tokio::time::Instant::now() < deadline, "no two JWKS refreshes within 15 s");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let before = up.count();
+        ok(check_forwarded(&get_t1().await, &up, before, "/book"), "K1 token after refreshes");
+        let what = if set_changed { "a refresh that added a key" } else { "refreshes of the same keys" };
+        assert_eq!((m.cache_hits.get(), m.cache_misses.get()), (hits + 1, misses), "cached K1 token after {what}");
+    }
+    let t2 = k2.sign(&claims(ISS, "client-b", "API/book.get"));
+    let before = up.count();
+    let resp = send_to(addr, "GET", "/book", &[("authorization", &format!("Bearer {t2}"))], "").await;
+    ok(check_forwarded(&resp, &up, before, "/book"), "K2 token");
+    tokio::time::timeout(Duration::from_secs(30), server.shutdown()).await.expect("shutdown within 30 s");
+}

@@ -3,13 +3,15 @@
 //! A key set is parsed and filtered once per load: keys that are not for signatures, `oct`
 //! (HMAC) keys, and keys whose algorithm is outside the issuer's allow-list are dropped here, so
 //! a request only ever checks a token's `alg` against what the key set allows. The live set sits
-//! behind an `ArcSwapOption` and is replaced whole.
+//! behind an `ArcSwapOption` and is replaced whole, with a version that changes exactly when its
+//! content does: a cached token verified with a key checks that version, and the key's presence
+//! when it moved, before it is trusted again.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwapOption;
 use aws_lc_rs::signature::{ParsedPublicKey, VerificationAlgorithm};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
@@ -47,9 +49,16 @@ impl std::fmt::Display for JwksError {
 /// (a subset of the allow-list), so a cache miss pays for the signature check only.
 pub struct KeyEntry {
     verifiers: Vec<(Algorithm, ParsedPublicKey)>,
+    /// The public key bytes the verifiers were parsed from: what makes two entries the same key.
+    material: Box<[u8]>,
 }
 
 impl KeyEntry {
+    /// Same key material for the same algorithms.
+    fn same_key(&self, other: &KeyEntry) -> bool {
+        self.material == other.material && self.algorithms().eq(other.algorithms())
+    }
+
     pub fn allows(&self, alg: Algorithm) -> bool {
         self.verifiers.iter().any(|(a, _)| *a == alg)
     }
@@ -145,7 +154,7 @@ fn public_key_bytes(jwk: &serde_json::Value, family: &[Algorithm]) -> Option<Vec
 }
 
 /// A parsed key set.
-#[derive(Default)]
+#[derive(Default, Clone)]
 pub struct KeySet {
     by_kid: HashMap<String, Arc<KeyEntry>>,
     without_kid: Vec<Arc<KeyEntry>>,
@@ -216,7 +225,7 @@ impl KeySet {
         if verifiers.is_empty() {
             return None;
         }
-        Some(Arc::new(KeyEntry { verifiers }))
+        Some(Arc::new(KeyEntry { verifiers, material: bytes.into_boxed_slice() }))
     }
 
     pub fn len(&self) -> usize {
@@ -234,6 +243,91 @@ impl KeySet {
     /// Every key, for tokens without a `kid`.
     pub fn all(&self) -> impl Iterator<Item = &Arc<KeyEntry>> {
         self.by_kid.values().chain(self.without_kid.iter())
+    }
+
+    /// True when `key` itself (not merely an equal key) is in this set.
+    pub fn holds(&self, key: &Arc<KeyEntry>) -> bool {
+        self.all().any(|e| Arc::ptr_eq(e, key))
+    }
+
+    /// `self` with every key that `old` holds unchanged (same kid, same key) replaced by
+    /// `old`'s entry, so entries survive a reload that did not change them; and whether any
+    /// key was added, changed or dropped compared with `old`.
+    fn carry_over(mut self, old: &KeySet) -> (KeySet, bool) {
+        let mut changed = self.by_kid.len() != old.by_kid.len() || self.without_kid.len() != old.without_kid.len();
+        for (kid, entry) in &mut self.by_kid {
+            match old.by_kid.get(kid) {
+                Some(prev) if prev.same_key(entry) => *entry = Arc::clone(prev),
+                _ => changed = true,
+            }
+        }
+        for entry in &mut self.without_kid {
+            match old.without_kid.iter().find(|prev| prev.same_key(entry)) {
+                Some(prev) => *entry = Arc::clone(prev),
+                None => changed = true,
+            }
+        }
+        (self, changed)
+    }
+}
+
+mod live {
+    //! The live key set of one issuer. Its own module so that nothing in `jwks` can replace the
+    //! set without going through [`LiveKeys::store`], which keeps the version honest.
+
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    use arc_swap::ArcSwapOption;
+
+    use super::KeySet;
+
+    pub struct LiveKeys {
+        set: ArcSwapOption<KeySet>,
+        /// Bumped after every store that changed the set's content, never otherwise.
+        version: AtomicU64,
+        /// Serializes stores, so each compares against the set it replaces.
+        store: Mutex<()>,
+    }
+
+    impl LiveKeys {
+        pub fn new(set: Option<KeySet>) -> LiveKeys {
+            LiveKeys { set: ArcSwapOption::new(set.map(Arc::new)), version: AtomicU64::new(0), store: Mutex::new(()) }
+        }
+
+        pub fn load_full(&self) -> Option<Arc<KeySet>> {
+            self.set.load_full()
+        }
+
+        pub fn is_some(&self) -> bool {
+            self.set.load().is_some()
+        }
+
+        pub fn version(&self) -> u64 {
+            self.version.load(Ordering::Acquire)
+        }
+
+        /// Replaces the set. Keys that did not change keep their entries; a set equal to the
+        /// live one leaves everything as it is (the version too, so cached tokens stay valid).
+        pub fn store(&self, new: Option<Arc<KeySet>>) {
+            let _one_at_a_time = self.store.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let old = self.set.load_full();
+            let new = match (new, &old) {
+                (None, None) => return,
+                (None, Some(_)) => None,
+                (Some(new), None) => Some(new),
+                (Some(new), Some(old)) => {
+                    let (merged, changed) = Arc::unwrap_or_clone(new).carry_over(old);
+                    if !changed {
+                        return;
+                    }
+                    Some(Arc::new(merged))
+                }
+            };
+            self.set.store(new);
+            // After the store: whoever sees the new version also sees the new set.
+            self.version.fetch_add(1, Ordering::Release);
+        }
     }
 }
 
@@ -260,11 +354,14 @@ struct KickState {
 /// The live keys of one issuer and the task that keeps them fresh.
 pub struct IssuerKeys {
     pub config: IssuerConfig,
-    keys: ArcSwapOption<KeySet>,
-    /// Bumped after every fetch attempt, good or bad.
+    keys: live::LiveKeys,
+    /// Bumped after every fetch attempt, good or bad, and when the refresh task ends.
     generation: watch::Sender<u64>,
     kick: Arc<Notify>,
     kick_state: Mutex<KickState>,
+    /// True while a refresh task can still change the keys: false for a fixed set, and once
+    /// the task has ended. Nobody waits for a re-fetch that cannot happen.
+    refreshing: AtomicBool,
 }
 
 impl IssuerKeys {
@@ -273,10 +370,11 @@ impl IssuerKeys {
     pub fn start(config: IssuerConfig, client: FetchClient, metrics: Arc<Metrics>) -> Arc<IssuerKeys> {
         let this = Arc::new(IssuerKeys {
             config,
-            keys: ArcSwapOption::empty(),
+            keys: live::LiveKeys::new(None),
             generation: watch::channel(0).0,
             kick: Arc::new(Notify::new()),
             kick_state: Mutex::new(KickState::default()),
+            refreshing: AtomicBool::new(true),
         });
         tokio::spawn(refresh_loop(Arc::downgrade(&this), Arc::clone(&this.kick), client, metrics));
         this
@@ -286,10 +384,11 @@ impl IssuerKeys {
     pub fn fixed(config: IssuerConfig, keys: KeySet) -> Arc<IssuerKeys> {
         Arc::new(IssuerKeys {
             config,
-            keys: ArcSwapOption::from_pointee(keys),
+            keys: live::LiveKeys::new(Some(keys)),
             generation: watch::channel(1).0,
             kick: Arc::new(Notify::new()),
             kick_state: Mutex::new(KickState::default()),
+            refreshing: AtomicBool::new(false),
         })
     }
 
@@ -304,7 +403,17 @@ impl IssuerKeys {
     }
 
     pub fn has_keys(&self) -> bool {
-        self.keys.load().is_some()
+        self.keys.is_some()
+    }
+
+    /// Changes exactly when the key set's content changes (a key added, replaced or dropped).
+    pub fn key_version(&self) -> u64 {
+        self.keys.version()
+    }
+
+    /// True when `key` is still in the live set.
+    pub fn still_holds(&self, key: &Arc<KeyEntry>) -> bool {
+        self.keys().is_some_and(|set| set.holds(key))
     }
 
     /// Re-reads the keys now (a watched `jwks_file` changed).
@@ -321,7 +430,15 @@ impl IssuerKeys {
     /// Called for a token whose kid is not in the current set. Asks for at most one re-fetch
     /// per `kid_miss_cooldown`; every request that arrives while that fetch is in flight waits
     /// for its result. Returns the key set to look in again, or `None` when no fetch happened.
+    ///
+    /// A request waits at most for one fetch attempt: the one in progress when it arrives (or
+    /// the one it asked for), which wakes it when it ends, good or bad; and never longer than
+    /// `KID_MISS_WAIT`. A key set that nothing fetches (the built-in issuer's, or one whose
+    /// refresh task has ended) answers at once: waiting cannot bring the kid.
     pub async fn refetch_for_unknown_kid(&self) -> Option<Arc<KeySet>> {
+        if !self.refreshing.load(Ordering::Acquire) {
+            return None;
+        }
         let mut rx = self.generation.subscribe();
         let current = *rx.borrow_and_update();
         {
@@ -337,6 +454,8 @@ impl IssuerKeys {
                 self.kick.notify_one();
             }
         }
+        // The refresh task may have ended between the check above and the kick; it bumps the
+        // generation when it does, so this wait ends then too.
         let _ = tokio::time::timeout(KID_MISS_WAIT, rx.wait_for(|g| *g != current)).await;
         self.keys()
     }
@@ -407,6 +526,18 @@ fn max_age(value: &str) -> Option<Duration> {
 /// after a failure. Holds only a weak reference between rounds so a dropped issuer stops it.
 async fn refresh_loop(weak: Weak<IssuerKeys>, kick: Arc<Notify>, client: FetchClient, metrics: Arc<Metrics>) {
     const MIN_WAIT: Duration = Duration::from_secs(1);
+    /// However the task ends (issuer dropped, task cancelled, a panic), requests stop waiting
+    /// for it: the store says nobody refreshes any more, and current waiters are woken.
+    struct Ended(Weak<IssuerKeys>);
+    impl Drop for Ended {
+        fn drop(&mut self) {
+            if let Some(this) = self.0.upgrade() {
+                this.refreshing.store(false, Ordering::Release);
+                this.generation.send_modify(|g| *g += 1);
+            }
+        }
+    }
+    let _ended = Ended(weak.clone());
     let mut backoff = MIN_WAIT;
     loop {
         let wait = {
@@ -477,6 +608,53 @@ mod tests {
     fn garbage_is_an_error() {
         assert!(matches!(KeySet::parse(b"<html>", &[Algorithm::RS256]), Err(JwksError::Json(_))));
         assert_eq!(KeySet::parse(br#"{"keys":[]}"#, &[Algorithm::RS256]).err(), Some(JwksError::NoUsableKey));
+    }
+
+    #[test]
+    fn a_key_set_version_moves_only_when_its_content_does() {
+        const EC_JWK: &str = r#"{"kty":"EC","kid":"e1","crv":"P-256","alg":"ES256","x":"f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU","y":"x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"}"#;
+        let algs = [Algorithm::RS256, Algorithm::ES256];
+        let set = |keys: &str| KeySet::parse(format!(r#"{{"keys":[{keys}]}}"#).as_bytes(), &algs).unwrap();
+        let live = live::LiveKeys::new(Some(set(RSA_JWK)));
+        let v0 = live.version();
+        let r1 = Arc::clone(live.load_full().unwrap().get("r1").unwrap());
+
+        // The same document again (a refresh that found nothing new): nothing moves.
+        live.store(Some(Arc::new(set(RSA_JWK))));
+        assert_eq!(live.version(), v0);
+        assert!(Arc::ptr_eq(live.load_full().unwrap().get("r1").unwrap(), &r1));
+
+        // A key added: the version moves, the unchanged key keeps its entry.
+        live.store(Some(Arc::new(set(&format!("{RSA_JWK},{EC_JWK}")))));
+        let v1 = live.version();
+        assert_ne!(v1, v0);
+        let now = live.load_full().unwrap();
+        assert!(now.holds(&r1) && now.get("e1").is_some());
+
+        // Another key under the same kid: the old entry is gone.
+        live.store(Some(Arc::new(set(&EC_JWK.replace(r#""e1""#, r#""r1""#)))));
+        assert_ne!(live.version(), v1);
+        assert!(!live.load_full().unwrap().holds(&r1));
+    }
+
+    #[tokio::test]
+    async fn a_fixed_key_set_answers_an_unknown_kid_at_once() {
+        let cfg = IssuerConfig {
+            issuer: "https://fixed.test".to_owned(),
+            source: KeySource::Builtin,
+            audiences: Vec::new(),
+            token_use: None,
+            algorithms: vec![Algorithm::RS256],
+            refresh: Duration::from_secs(3600),
+            kid_miss_cooldown: Duration::from_secs(30),
+        };
+        let keys = KeySet::parse(format!(r#"{{"keys":[{RSA_JWK}]}}"#).as_bytes(), &cfg.algorithms).unwrap();
+        let issuer = IssuerKeys::fixed(cfg, keys);
+        for _ in 0..3 {
+            // Ready on its first poll: no wait for a fetch that nothing would make.
+            let waited = tokio::time::timeout(Duration::ZERO, issuer.refetch_for_unknown_kid()).await;
+            assert!(matches!(waited, Ok(None)));
+        }
     }
 
     #[test]

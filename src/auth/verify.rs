@@ -1,9 +1,12 @@
 //! Token verification: header and claims decoded once, the key chosen by `iss` and `kid`, the
 //! algorithm checked against what that key allows (never taken from the token alone), the
 //! signature verified, then the time, audience and `token_use` checks. A verified token becomes
-//! a [`Principal`], cached until (never after) the token's `exp`.
+//! a [`Principal`], cached until (never after) the token's `exp`, and only while the key that
+//! verified it is still in its issuer's key set.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -41,6 +44,23 @@ pub struct Principal {
     pub exp: u64,
     /// The identity header values; `None` for a claim that cannot be a header value.
     identity: [Option<HeaderValue>; 4],
+    /// The key that verified the token (`None` for a principal made by hand).
+    key: Option<KeyBinding>,
+}
+
+/// Which key verified a principal's token, and the issuer key-set version at which that key was
+/// last seen in the live set.
+struct KeyBinding {
+    issuer: Arc<IssuerKeys>,
+    key: Arc<KeyEntry>,
+    kid: Option<Box<str>>,
+    seen: AtomicU64,
+}
+
+impl std::fmt::Debug for KeyBinding {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyBinding").field("kid", &self.kid).field("seen", &self.seen).finish_non_exhaustive()
+    }
 }
 
 impl Principal {
@@ -75,7 +95,49 @@ impl Principal {
             *slot = HeaderValue::from_maybe_shared(text.slice(start as usize..end as usize)).ok();
             start = end;
         }
-        Principal { text, ends, scopes: spans.into_boxed_slice(), exp, identity }
+        Principal { text, ends, scopes: spans.into_boxed_slice(), exp, identity, key: None }
+    }
+
+    /// Records the key that verified the token, as of key-set `version`.
+    fn verified_by(mut self, issuer: &Arc<IssuerKeys>, key: Arc<KeyEntry>, kid: Option<&str>, version: u64) -> Self {
+        self.key = Some(KeyBinding {
+            issuer: Arc::clone(issuer),
+            key,
+            kid: kid.map(Box::from),
+            seen: AtomicU64::new(version),
+        });
+        self
+    }
+
+    /// True while the key that verified the token is in its issuer's live key set. The usual
+    /// answer costs two atomic loads: the set has not changed since the key was last seen in
+    /// it. After a change, the key is looked for in the new set once.
+    fn key_is_live(&self) -> bool {
+        let Some(b) = &self.key else { return false };
+        let version = b.issuer.key_version();
+        if version == b.seen.load(Ordering::Relaxed) {
+            return true;
+        }
+        // Loaded after `version`: a set changed again meanwhile has a newer version still.
+        let live = b.issuer.still_holds(&b.key);
+        if live {
+            b.seen.store(version, Ordering::Relaxed);
+        }
+        live
+    }
+
+    /// The `kid` of the verified token's header, if it had one.
+    pub fn kid(&self) -> Option<&str> {
+        self.key.as_ref().and_then(|b| b.kid.as_deref())
+    }
+
+    /// The scopes, joined by single spaces.
+    pub fn scope_text(&self) -> &str {
+        self.span(self.ends[2], self.ends[3])
+    }
+
+    pub fn scope_count(&self) -> usize {
+        self.scopes.len()
     }
 
     fn span(&self, start: u32, end: u32) -> &str {
@@ -158,6 +220,69 @@ struct Claims {
 
 pub type TokenCache = quick_cache::sync::Cache<String, Arc<Principal>>;
 
+/// How the token cache took part in a verification, for the access log.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub enum CacheUse {
+    /// No token was verified.
+    #[default]
+    None,
+    Hit,
+    Miss,
+    /// `auth.cache_entries = 0`.
+    Off,
+}
+
+impl CacheUse {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CacheUse::None => "none",
+            CacheUse::Hit => "hit",
+            CacheUse::Miss => "miss",
+            CacheUse::Off => "off",
+        }
+    }
+}
+
+/// What a verification learnt about a token, for the access log, also when it failed. For a
+/// verified token the [`Principal`] says more; `iss` and `kid` here are what the token claimed,
+/// unverified, made printable and bounded by [`loggable`].
+#[derive(Debug, Default)]
+pub struct TokenInfo {
+    pub cache: CacheUse,
+    pub iss: Option<String>,
+    pub kid: Option<String>,
+}
+
+/// Longest unverified token field written to a log line, in bytes.
+const LOGGABLE_MAX: usize = 96;
+
+/// `text` as a log field value from an untrusted source: printable ASCII only (anything else
+/// becomes `?`), at most [`LOGGABLE_MAX`] bytes (a cut value ends in `...`).
+pub fn loggable(text: &str) -> String {
+    let mut out = String::with_capacity(text.len().min(LOGGABLE_MAX));
+    for (n, c) in text.chars().enumerate() {
+        if n == LOGGABLE_MAX {
+            out.truncate(LOGGABLE_MAX - 3);
+            out.push_str("...");
+            break;
+        }
+        out.push(if (' '..='~').contains(&c) { c } else { '?' });
+    }
+    out
+}
+
+/// `text`, cut to at most `max` bytes on a character boundary (a cut value ends in `...`).
+pub fn bounded(text: &str, max: usize) -> Cow<'_, str> {
+    if text.len() <= max {
+        return Cow::Borrowed(text);
+    }
+    let mut end = max.saturating_sub(3);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    Cow::Owned(format!("{}...", &text[..end]))
+}
+
 /// Everything needed to turn a token into a principal, for one config snapshot.
 pub struct Verifier {
     issuers: HashMap<String, Arc<IssuerKeys>>,
@@ -201,18 +326,29 @@ impl Verifier {
 
     /// Verifies `token`, from the cache when it was verified before and has not expired.
     pub async fn verify(&self, token: &str) -> Result<Arc<Principal>, Reject> {
+        self.verify_with(token, &mut TokenInfo::default()).await
+    }
+
+    /// [`Verifier::verify`], also saying in `info` what it learnt, whatever the outcome.
+    ///
+    /// A cached principal is used only while the key that verified it is still in its
+    /// issuer's key set: a key dropped from the set takes its cached tokens with it.
+    pub async fn verify_with(&self, token: &str, info: &mut TokenInfo) -> Result<Arc<Principal>, Reject> {
         let now = now_secs();
+        info.cache = CacheUse::Off;
         if let Some(cache) = &self.cache {
             if let Some(p) = cache.get(token) {
-                if now < p.exp {
+                if now < p.exp && p.key_is_live() {
                     self.metrics.cache_hits.inc();
+                    info.cache = CacheUse::Hit;
                     return Ok(p);
                 }
                 cache.remove(token);
             }
             self.metrics.cache_misses.inc();
+            info.cache = CacheUse::Miss;
         }
-        let principal = Arc::new(self.verify_uncached(token, now).await?);
+        let principal = Arc::new(self.verify_uncached(token, now, info).await?);
         if let Some(cache) = &self.cache {
             if now < principal.exp {
                 cache.insert(token.to_owned(), Arc::clone(&principal));
@@ -221,14 +357,16 @@ impl Verifier {
         Ok(principal)
     }
 
-    async fn verify_uncached(&self, token: &str, now: u64) -> Result<Principal, Reject> {
+    async fn verify_uncached(&self, token: &str, now: u64, info: &mut TokenInfo) -> Result<Principal, Reject> {
         let unauthorized = Reject::Unauthorized;
         let mut parts = token.split('.');
         let (Some(h), Some(c), Some(sig), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
             return Err(unauthorized(AuthFailure::Malformed));
         };
         let header: JoseHeader = b64_json(h).map_err(unauthorized)?;
+        info.kid = header.kid.as_deref().map(loggable);
         let claims: Claims = b64_json(c).map_err(unauthorized)?;
+        info.iss = claims.iss.as_deref().map(loggable);
         if header.crit.is_some() {
             return Err(unauthorized(AuthFailure::Malformed));
         }
@@ -237,6 +375,9 @@ impl Verifier {
         let alg = parse_alg(&header.alg)
             .filter(|a| issuer.config.algorithms.contains(a))
             .ok_or(unauthorized(AuthFailure::DisallowedAlg))?;
+        // The version before the set: if the set changes in between, the principal's key is
+        // looked up again on its first cache hit.
+        let version = issuer.key_version();
         // An issuer that has never had keys cannot judge any token: that is our outage, not
         // the client's fault, so it is a 503 rather than a 401.
         let keys = issuer.keys().ok_or(Reject::KeysUnavailable)?;
@@ -254,7 +395,6 @@ impl Verifier {
                 }
             }
         };
-        drop(entry);
 
         // Time claims, with leeway for clock skew. `exp` is required: a token that never
         // expires would also live in the cache forever.
@@ -290,7 +430,7 @@ impl Verifier {
         let sub = claims.sub.as_deref().unwrap_or(client_id);
         // Truncation floors the expiry: a cache entry may die early, never late.
         let exp = exp.max(0.0) as u64;
-        Ok(match (&claims.scope, &claims.scp) {
+        let principal = match (&claims.scope, &claims.scp) {
             (Some(s), _) | (None, Some(OneOrMany::One(s))) => {
                 Principal::new(sub, client_id, &cfg.issuer, s.split_whitespace(), exp)
             }
@@ -298,7 +438,8 @@ impl Verifier {
                 Principal::new(sub, client_id, &cfg.issuer, v.iter().map(String::as_str), exp)
             }
             (None, None) => Principal::new(sub, client_id, &cfg.issuer, [], exp),
-        })
+        };
+        Ok(principal.verified_by(issuer, entry, header.kid.as_deref(), version))
     }
 }
 
@@ -365,6 +506,17 @@ mod tests {
                 ("x-auth-scope", b"a/b.read has space c"),
             ]
         );
+    }
+
+    #[test]
+    fn untrusted_log_values_are_printable_and_bounded() {
+        assert_eq!(loggable("kid-1"), "kid-1");
+        assert_eq!(loggable("a\nb\"c\u{1b}é"), "a?b\"c??");
+        let long = loggable(&"x".repeat(1000));
+        assert_eq!((long.len(), long.ends_with("...")), (LOGGABLE_MAX, true));
+        assert_eq!(loggable(&"x".repeat(LOGGABLE_MAX)), "x".repeat(LOGGABLE_MAX));
+        assert_eq!(bounded("a b", 10), "a b");
+        assert_eq!(bounded("ééééé", 8), "éé...");
     }
 
     #[test]
