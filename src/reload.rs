@@ -38,6 +38,8 @@ const DEBOUNCE: Duration = Duration::from_millis(150);
 const MAX_DEBOUNCE: Duration = Duration::from_secs(1);
 /// The name Kubernetes swaps to publish a new ConfigMap or Secret revision.
 const K8S_DATA: &str = "..data";
+/// How long the contents of changed files must stay put before they are loaded.
+const STEADY: Duration = Duration::from_millis(50);
 /// How often files are compared even without events.
 const POLL: Duration = Duration::from_secs(5);
 /// How long a reload waits for a newly added issuer's first keys before swapping anyway.
@@ -267,6 +269,16 @@ pub async fn watch(shared: Arc<Shared>, rt: Arc<Runtime>, mut shutdown: watch::R
         let changed: Vec<&PathBuf> = files.iter().filter(|f| now.get(*f) != seen.get(*f)).collect();
         if !forced && changed.is_empty() {
             continue;
+        }
+        // A file written in place (truncate, then write) can be read between the two: empty,
+        // or cut at a point where it still parses (a config with half its routes). Compare
+        // again a moment later; while the contents still move, the write is not over, and its
+        // next event (or the poll) brings the files back here.
+        if !forced {
+            tokio::time::sleep(STEADY).await;
+            if read_all(&files) != now {
+                continue;
+            }
         }
         // A jwks_file that changed is re-read by its issuer at once.
         let snap = shared.snapshot.load_full();
