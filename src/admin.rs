@@ -1,4 +1,4 @@
-//! The admin listener: `/metrics`, `/healthz`, `/readyz` (SPEC §6). Plain HTTP/1.1, meant for
+//! The admin listener: `/metrics`, `/healthz`, `/readyz`. Plain HTTP/1.1, meant for
 //! a loopback or pod-internal address.
 
 use std::convert::Infallible;

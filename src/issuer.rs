@@ -1,4 +1,4 @@
-//! The built-in OAuth 2.0 client-credentials issuer (SPEC §5): `POST /oauth2/token`,
+//! The built-in OAuth 2.0 client-credentials issuer : `POST /oauth2/token`,
 //! `GET /.well-known/jwks.json`, `GET /.well-known/openid-configuration`, on the data-plane
 //! listener, Cognito-compatible.
 
@@ -598,8 +598,9 @@ impl BuiltinIssuer {
         if !body.is_empty() && !form_ok {
             return Err(TokenError::InvalidRequest);
         }
-        // Parameters may come in the query string (as in the seed's curl) or the form body;
-        // each at most once across both (RFC 6749 §3.1).
+        // Parameters may come in the query string (the usual Cognito curl sends
+        // `/oauth2/token?grant_type=client_credentials`) or the form body; each at most once
+        // across both (RFC 6749 §3.1).
         let mut params: HashMap<String, String> = HashMap::new();
         let query = parts.uri.query().unwrap_or("").as_bytes();
         for (k, v) in form_urlencoded::parse(query).chain(form_urlencoded::parse(&body)) {

@@ -1,4 +1,4 @@
-//! The metric set of SPEC §6. The registry is injected (tests run many gateways in one
+//! The metric set (README, Operations). The registry is injected (tests run many gateways in one
 //! process); labels are route templates, upstream and issuer names, and fixed reason words:
 //! never raw paths or token content, so cardinality is bounded by the config.
 

@@ -1,4 +1,4 @@
-//! The per-request pipeline, in the order SPEC §3 gives it:
+//! The per-request pipeline, in the order docs/behaviour.md gives it:
 //! normalize -> route -> authenticate -> authorize scopes -> forward (or mock).
 //!
 //! The path is normalized before anything looks at it and that one normalized path is both
@@ -251,7 +251,7 @@ fn method_is_upper_case(method: &http::Method) -> bool {
     !method.as_str().bytes().any(|b| b.is_ascii_lowercase())
 }
 
-/// Every check of SPEC §3 in order; for a request to forward, also the URI rewrite and the
+/// Every check of the request path in order; for a request to forward, also the URI rewrite and the
 /// header hygiene. Touches nothing but `parts`, so it can be measured without a network.
 pub async fn decide<'s>(
     snap: &'s Snapshot,
@@ -336,7 +336,7 @@ async fn act(
     }
 }
 
-/// Header hygiene for the upstream request (SPEC §3.5). Client forwarding headers are
+/// Header hygiene for the upstream request . Client forwarding headers are
 /// either removed by `strip_request` or overwritten here: `x-forwarded-proto`,
 /// `x-forwarded-host`, `x-forwarded-port` and `x-real-ip` get the gateway's values, and
 /// `x-forwarded-for` gets the client address appended to every line the client sent (NGINX's

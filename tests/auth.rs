@@ -1,5 +1,5 @@
-//! Authentication and authorization against the real server: bearer-token validation
-//! (SPEC §3.3), scopes (§3.4), key sources and the "issuer has no keys" answer (§4), and the
+//! Authentication and authorization against the real server: bearer-token validation,
+//! scopes, key sources and the "issuer has no keys" answer, and the
 //! verified-token cache. Every test runs a real gateway, a real JWKS server and a real upstream;
 //! tokens are minted here.
 
@@ -172,7 +172,7 @@ enum Expect {
 }
 
 // ---------------------------------------------------------------------------------------------
-// 1. Every bad-token kind of SPEC §3.3
+// 1. Every bad-token kind
 // ---------------------------------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

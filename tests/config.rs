@@ -1,4 +1,4 @@
-//! Config validation through the real binary: `scopegate check --config PATH` (SPEC §1, §2).
+//! Config validation through the real binary: `scopegate check --config PATH`.
 
 mod common;
 use common::*;

@@ -1,4 +1,4 @@
-//! Forwarding to real upstreams (SPEC §3.5).
+//! Forwarding to real upstreams.
 
 mod common;
 use common::*;

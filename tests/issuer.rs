@@ -1,4 +1,4 @@
-//! The built-in OAuth 2.0 client-credentials issuer (SPEC §5, §1 `token` / `hash-secret`)
+//! The built-in OAuth 2.0 client-credentials issuer (and the `token` / `hash-secret` commands)
 //! against the real server: the token endpoint's answers and RFC 6749 §5.2 error table, the
 //! minted tokens' claims and header, the published JWKS and discovery document, tokens used on
 //! the gateway's own routes, clients and keys changed by a config reload, signing keys read
@@ -203,7 +203,7 @@ async fn fetch_token(addr: SocketAddr, id: &str, secret: &str, scope: Option<&st
     token_success(&r, &format!("token for {id}"))
 }
 
-/// Checks a 200 token answer (SPEC §5) and returns the access token.
+/// Checks a 200 token answer and returns the access token.
 fn token_success(r: &Resp, what: &str) -> String {
     assert_eq!(r.status, 200, "{what}: {r:?}");
     assert_eq!(r.header("cache-control"), Some("no-store"), "{what}: {r:?}");
@@ -543,17 +543,17 @@ async fn token_endpoint_success_basic_post_and_query() {
     let r = token_request(a, "", None, &[cc, ("client_id", "alpha"), ("client_secret", ALPHA_SECRET)]).await;
     assert_eq!(scopes_of(&token_success(&r, "post")), all, "post without scope: every allowed scope");
 
-    // The seed's curl: `curl -X POST --user id:secret '.../oauth2/token?grant_type=client_credentials'`
+    // The usual Cognito client-credentials curl: `curl -X POST --user id:secret '.../oauth2/token?grant_type=client_credentials'`
     // (no body, no content-type).
     let r = token_request(a, "grant_type=client_credentials", Some(("alpha", ALPHA_SECRET)), &[]).await;
     assert_eq!(scopes_of(&token_success(&r, "query + Basic")), all, "query string without scope");
-    let seed = format!(
+    let cognito_curl = format!(
         "POST /oauth2/token?grant_type=client_credentials HTTP/1.1\r\nhost: {a}\r\nauthorization: {}\r\n\
          user-agent: curl/8.5.0\r\naccept: */*\r\nconnection: close\r\n\r\n",
         basic("alpha", ALPHA_SECRET)
     );
-    let r = raw(a, seed.as_bytes()).await;
-    token_success(&r, "the seed's curl request, byte for byte");
+    let r = raw(a, cognito_curl.as_bytes()).await;
+    token_success(&r, "the usual Cognito curl request, byte for byte");
     let r = token_request(a, "grant_type=client_credentials&scope=API%2Fbook.post", Some(("alpha", ALPHA_SECRET)), &[])
         .await;
     assert_eq!(scopes_of(&token_success(&r, "query with scope")), sorted(&["API/book.post"]));

@@ -1,4 +1,4 @@
-//! Listener limits (SPEC §2 `[server]`): `max_connections` makes new connections wait instead
+//! Listener limits (`[server]`): `max_connections` makes new connections wait instead
 //! of failing, and `header_read_timeout` cuts off a client that never finishes its head.
 
 mod common;
@@ -76,7 +76,7 @@ async fn a_client_that_never_finishes_its_head_is_cut_off() {
     gw.stop().await;
 }
 
-/// SPEC §4: a changed `listen` takes a restart. A reload applies everything else and keeps
+/// A changed `listen` takes a restart. A reload applies everything else and keeps
 /// serving on the socket bound at start; it never re-binds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_changed_listen_address_is_not_rebound_on_reload() {

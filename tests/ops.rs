@@ -1,4 +1,4 @@
-//! The operations side against real servers (SPEC §6, §7): the admin listener's `/metrics`,
+//! The operations side against real servers: the admin listener's `/metrics`,
 //! `/healthz` and `/readyz`; SIGTERM / SIGINT on the real binary; TLS with ALPN and certificate
 //! rotation; and the JSON access log.
 //!
@@ -462,7 +462,7 @@ async fn readyz_follows_keys_and_draining() {
             assert_eq!(r.status, 503, "/readyz while draining: {r:?}");
             assert!(r.body.contains("draining"), "/readyz while draining: {r:?}");
         }
-        Err(e) => panic!("/readyz while draining must answer 503 (SPEC §6/§7); the admin listener gave: {e}"),
+        Err(e) => panic!("/readyz while draining must answer 503; the admin listener gave: {e}"),
     }
 }
 
@@ -956,8 +956,8 @@ async fn access_log_is_one_json_line_per_request_without_the_token() {
     assert_eq!(line["route"], "/book", "{line}");
     assert_eq!(line["reason"], "missing_token", "{line}");
 
-    // SPEC §7: the access log carries the normalized path.
+    // The access log carries the normalized path.
     let line = find(&out, "ops-req-normalized").expect("access line");
     assert_eq!(line["route"], "/book", "{line}");
-    assert_eq!(line["path"], "/book", "access log path must be the normalized path (SPEC §7): {line}");
+    assert_eq!(line["path"], "/book", "access log path must be the normalized path: {line}");
 }

@@ -1,4 +1,4 @@
-//! Route table and path normalization (SPEC §2 "Route choice", §3.1, §3.2).
+//! Route table and path normalization (docs/behaviour.md, "Paths and route choice").
 
 mod common;
 use common::*;

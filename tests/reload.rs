@@ -1,4 +1,4 @@
-//! Hot keys and hot config (SPEC §4) against real servers: key rotation through an unknown
+//! Hot keys and hot config against real servers: key rotation through an unknown
 //! `kid`, the rate limit on unknown-kid re-fetches, slow providers, provider outages and garbage
 //! answers, Cache-Control, readiness before the first keys, rejected config edits, the ways
 //! files get replaced (Kubernetes `..data` symlink swap, editor rename, in-place write, watched
