@@ -850,6 +850,106 @@ fn without_output_the_file_goes_to_stdout() {
     assert!(!stdout.contains(&secret));
 }
 
+const SAM: &str = r#"
+AWSTemplateFormatVersion: "2010-09-09"
+Transform: AWS::Serverless-2016-10-31
+Globals:
+  HttpApi:
+    Auth:
+      DefaultAuthorizer: Jwt
+      Authorizers:
+        Jwt:
+          IdentitySource: $request.header.Authorization
+          JwtConfiguration:
+            issuer: https://cognito-idp.us-east-2.amazonaws.com/us-east-2_Sam
+            audience: [samclient]
+Resources:
+  Pool:
+    Type: AWS::Cognito::UserPool
+  Api:
+    Type: AWS::Serverless::Api
+    Properties:
+      StageName: prod
+      Auth:
+        DefaultAuthorizer: Cognito
+        Authorizers:
+          Cognito:
+            UserPoolArn: !GetAtt Pool.Arn
+  OrdersFunction:
+    Type: AWS::Serverless::Function
+    Properties:
+      Handler: app.handler
+      Runtime: python3.12
+      Events:
+        List:
+          Type: Api
+          Properties:
+            RestApiId: !Ref Api
+            Path: /orders
+            Method: get
+            Auth:
+              AuthorizationScopes: [orders/read]
+        Open:
+          Type: Api
+          Properties:
+            RestApiId: !Ref Api
+            Path: /ping
+            Method: any
+            Auth: { Authorizer: NONE }
+        Queue:
+          Type: SQS
+          Properties: { Queue: arn:aws:sqs:us-east-1:123456789012:q }
+  HttpFunction:
+    Type: AWS::Serverless::Function
+    Properties:
+      Handler: app.handler
+      Runtime: python3.12
+      Events:
+        Items:
+          Type: HttpApi
+          Properties:
+            Path: /items/{id}
+            Method: DELETE
+            Auth:
+              AuthorizationScopes: [items/delete]
+"#;
+
+/// SAM: `Api` / `HttpApi` events of `AWS::Serverless::Function` become routes to the function,
+/// with the authorizer from the API resource or the template's Globals.
+#[test]
+fn sam_function_events() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let f = temp_file(&dir, "sam.yaml", SAM);
+    let (toml_text, stderr) = import_ok(&["cloudformation", &f]);
+    assert!(!stderr.contains("Transform"), "the SAM transform is understood: {stderr}");
+    let doc = parse(&toml_text);
+    let routes = routes(&doc);
+    assert_eq!(routes.len(), 3, "{routes:#?}");
+    let r = route(&routes, "GET", "/orders");
+    assert_eq!(strs(&r["scopes"]), ["orders/read"]);
+    assert_eq!(r["upstream"].as_str(), Some("orders_function"));
+    let r = route(&routes, "ANY", "/ping");
+    assert_eq!(r["auth"].as_str(), Some("none"));
+    let r = route(&routes, "DELETE", "/items/{id}");
+    assert_eq!(strs(&r["scopes"]), ["items/delete"]);
+    assert_eq!(r["upstream"].as_str(), Some("http_function"));
+    assert_checks(
+        &toml_text,
+        &[("ORDERS_FUNCTION_URL", "http://127.0.0.1:9"), ("HTTP_FUNCTION_URL", "http://127.0.0.1:9")],
+    );
+
+    let (toml_text, _) = import_ok(&["cloudformation", &f, "--keep-issuer"]);
+    let doc = parse(&toml_text);
+    let issuers = doc["auth"]["issuers"].as_array().expect("issuers");
+    assert_eq!(issuers.len(), 2, "{issuers:#?}");
+    assert!(issuers.iter().any(|i| i["issuer"].as_str() == Some("${API_COGNITO_ISSUER}")));
+    let jwt = issuers
+        .iter()
+        .find(|i| i["issuer"].as_str() == Some("https://cognito-idp.us-east-2.amazonaws.com/us-east-2_Sam"))
+        .expect("the Globals JWT authorizer");
+    assert_eq!(strs(&jwt["audiences"]), ["samclient"]);
+}
+
 // ---------------------------------------------------------------------------------------------
 // OpenAPI
 

@@ -31,6 +31,8 @@ pub(crate) struct Ctx<'a> {
     resources: BTreeMap<&'a str, &'a Value>,
     params: Map<String, Value>,
     mappings: Map<String, Value>,
+    /// SAM's `Globals` section.
+    globals: Map<String, Value>,
 }
 
 static NULL: Value = Value::Null;
@@ -237,7 +239,7 @@ pub(crate) fn refs(v: &Value, out: &mut Vec<String>) {
 }
 
 pub(crate) fn read(docs: &[(PathBuf, Value)], plan: &mut Plan) -> Result<(), Refusal> {
-    let mut ctx = Ctx { resources: BTreeMap::new(), params: Map::new(), mappings: Map::new() };
+    let mut ctx = Ctx { resources: BTreeMap::new(), params: Map::new(), mappings: Map::new(), globals: Map::new() };
     for (path, doc) in docs {
         let Some(resources) = doc.get("Resources").and_then(Value::as_object) else {
             let hint = if doc.get("openapi").is_some() || doc.get("swagger").is_some() {
@@ -261,19 +263,26 @@ pub(crate) fn read(docs: &[(PathBuf, Value)], plan: &mut Plan) -> Result<(), Ref
                 plan.not_mapped(format!("resource {id}: defined in more than one file; the first one is used"));
             }
         }
-        for key in ["Parameters", "Mappings"] {
+        for key in ["Parameters", "Mappings", "Globals"] {
             if let Some(m) = doc.get(key).and_then(Value::as_object) {
-                let into = if key == "Parameters" { &mut ctx.params } else { &mut ctx.mappings };
+                let into = match key {
+                    "Parameters" => &mut ctx.params,
+                    "Mappings" => &mut ctx.mappings,
+                    _ => &mut ctx.globals,
+                };
                 for (k, v) in m {
                     into.entry(k.clone()).or_insert_with(|| v.clone());
                 }
             }
         }
     }
-    if docs.iter().any(|(_, d)| d.get("Transform").is_some()) {
-        plan.not_mapped(
-            "Transform: macros (SAM's included) are expanded at deploy time; only the resources as written are read",
-        );
+    let sam = |t: &Value| t.as_str().is_some_and(|t| t.starts_with("AWS::Serverless-"));
+    let macros = docs.iter().filter_map(|(_, d)| d.get("Transform")).any(|t| match t {
+        Value::Array(a) => !a.iter().all(sam),
+        t => !sam(t),
+    });
+    if macros {
+        plan.not_mapped("Transform: macros are expanded at deploy time; only the resources as written are read");
     }
 
     let ids: Vec<&str> = ctx.resources.keys().copied().collect();
@@ -316,14 +325,7 @@ pub(crate) fn read(docs: &[(PathBuf, Value)], plan: &mut Plan) -> Result<(), Ref
                     plan.not_mapped(format!("{ty} {id}: throttling / method settings"));
                 }
             }
-            "AWS::Serverless::Function" => {
-                let events = ctx.props(id).get("Events").and_then(Value::as_object);
-                for (ev, e) in events.into_iter().flatten() {
-                    if matches!(e.get("Type").and_then(Value::as_str), Some("Api" | "HttpApi")) {
-                        plan.not_mapped(format!("{ty} {id}: SAM event {ev} (an implicit API; deploy the stack and import its exported OpenAPI, or write the route)"));
-                    }
-                }
-            }
+            "AWS::Serverless::Function" => sam_function(&ctx, id, plan),
             _ => {
                 if let Some((_, what)) = UNMAPPED.iter().find(|(t, _)| *t == ty) {
                     plan.not_mapped(format!("{ty} {id}: {what}"));
@@ -783,5 +785,117 @@ fn http_route(ctx: &Ctx<'_>, id: &str, plan: &mut Plan) {
             action: Action::Upstream(upstream.clone()),
             source: format!("AWS::ApiGatewayV2::Route {id} ({key})"),
         });
+    }
+}
+
+/// The `Auth` of a SAM API: the event's API resource's, else the template's `Globals`.
+fn sam_api_auth<'c>(ctx: &'c Ctx<'_>, event_props: &Value, http: bool) -> (Option<String>, &'c Value) {
+    let key = if http { "ApiId" } else { "RestApiId" };
+    let mut ids = Vec::new();
+    if let Some(r) = event_props.get(key) {
+        refs(r, &mut ids);
+    }
+    let api = ids.into_iter().find(|i| matches!(ctx.ty(i), Some("AWS::Serverless::Api" | "AWS::Serverless::HttpApi")));
+    let auth = api.as_deref().and_then(|a| ctx.props(a).get("Auth"));
+    let section = if http { "HttpApi" } else { "Api" };
+    let global = ctx.globals.get(section).and_then(|g| g.get("Auth"));
+    (api, auth.or(global).unwrap_or(&NULL))
+}
+
+/// The trusted issuer behind a SAM authorizer definition, if it is a Cognito or JWT one.
+fn sam_issuer(ctx: &Ctx<'_>, def: &Value, stem: String, source: String) -> Option<TrustedIssuer> {
+    if let Some(arn) = def.get("UserPoolArn") {
+        let arn = arn.as_array().and_then(|a| a.first()).unwrap_or(arn);
+        let issuer = ctx.resolve(arn).and_then(|a| pool_issuer(&a).ok_or(a));
+        return Some(TrustedIssuer { issuer, var: stem, audiences: Vec::new(), cognito: true, source });
+    }
+    let jwt = def.get("JwtConfiguration")?;
+    let issuer =
+        jwt.get("issuer").or_else(|| jwt.get("Issuer")).map_or_else(|| Err("(none)".to_owned()), |i| ctx.resolve(i));
+    let cognito =
+        issuer.as_ref().map_or_else(|e| e.contains("cognito-idp."), |i| i.starts_with("https://cognito-idp."));
+    let audiences = jwt
+        .get("audience")
+        .or_else(|| jwt.get("Audience"))
+        .and_then(Value::as_array)
+        .map(|a| a.iter().map(|x| ctx.resolve(x)).collect())
+        .unwrap_or_default();
+    Some(TrustedIssuer { issuer, var: stem, audiences, cognito, source })
+}
+
+/// The API events of a SAM function (`Type: Api` / `HttpApi`): routes to the function.
+fn sam_function(ctx: &Ctx<'_>, id: &str, plan: &mut Plan) {
+    let events = ctx.props(id).get("Events").and_then(Value::as_object);
+    for (ev, e) in events.into_iter().flatten() {
+        let http = match e.get("Type").and_then(Value::as_str) {
+            Some("Api") => false,
+            Some("HttpApi") => true,
+            _ => continue,
+        };
+        let p = e.get("Properties").unwrap_or(&NULL);
+        let path = p.get("Path").map(|v| ctx.resolve(v));
+        let method = p.get("Method").map(|v| ctx.resolve(v));
+        let (methods, paths) = match (path, method) {
+            (Some(Ok(path)), Some(Ok(m))) if path.starts_with('/') => {
+                let m = m.to_ascii_uppercase();
+                let m = if m == "X-AMAZON-APIGATEWAY-ANY-METHOD" { "ANY".to_owned() } else { m };
+                (vec![m], vec![path])
+            }
+            (None, None) if http => (vec!["ANY".to_owned()], vec!["/".to_owned(), "/{proxy+}".to_owned()]),
+            _ => {
+                plan.not_mapped(format!("AWS::Serverless::Function {id}: event {ev}: Path or Method is not known"));
+                continue;
+            }
+        };
+        let what = format!("SAM event {ev} of {id} ({} {})", methods[0], paths[0]);
+        let (api, api_auth) = sam_api_auth(ctx, p, http);
+        let event_auth = p.get("Auth").unwrap_or(&NULL);
+        let key_required = |a: &Value| a.get("ApiKeyRequired").is_some_and(|v| v == &Value::Bool(true));
+        if key_required(event_auth) || key_required(api_auth) {
+            plan.not_mapped(format!("{what}: API key requirement"));
+        }
+        let authorizer = event_auth
+            .get("Authorizer")
+            .or_else(|| api_auth.get("DefaultAuthorizer"))
+            .and_then(|a| ctx.resolve(a).ok());
+        let auth = match authorizer.as_deref() {
+            None | Some("NONE") => None,
+            Some("AWS_IAM") => {
+                plan.not_mapped(format!("{what}: AWS_IAM authorization; the route needs any valid token instead"));
+                Some(Vec::new())
+            }
+            Some(name) => {
+                let def = api_auth.get("Authorizers").and_then(|a| a.get(name)).unwrap_or(&NULL);
+                let stem = snake(&format!("{}_{name}", api.as_deref().unwrap_or("api"))).to_ascii_uppercase();
+                let source = format!("SAM authorizer {name} of {}", api.as_deref().unwrap_or("the implicit API"));
+                match sam_issuer(ctx, def, stem, source.clone()) {
+                    Some(i) => {
+                        if !plan.issuers.iter().any(|x| x.source == source) {
+                            plan.issuers.push(i);
+                        }
+                    }
+                    None => plan.not_mapped(format!(
+                        "{what}: authorizer {name} is not a Cognito or JWT authorizer; the route needs any valid token instead"
+                    )),
+                }
+                match scopes(ctx, event_auth.get("AuthorizationScopes").or_else(|| def.get("AuthorizationScopes"))) {
+                    Ok(s) => Some(s),
+                    Err(e) => {
+                        plan.not_mapped(format!("{what}: scope {e} is only known at deploy time; route left out"));
+                        continue;
+                    }
+                }
+            }
+        };
+        let upstream = plan.upstream(&snake(&ctx.name(id)), None, &[id], &format!("AWS::Serverless::Function {id}"));
+        for path in paths {
+            plan.routes.push(Route {
+                path,
+                methods: methods.clone(),
+                scopes: auth.clone(),
+                action: Action::Upstream(upstream.clone()),
+                source: format!("AWS::Serverless::Function {id}, event {ev}"),
+            });
+        }
     }
 }
