@@ -547,6 +547,7 @@ Resources:
             SelectionPattern: ".*error.*"
           - StatusCode: "202"
             ResponseTemplates: { application/json: '{"ok":true}' }
+            ResponseParameters: { method.response.header.Access-Control-Allow-Origin: "'*'" }
   FilesGet:
     Type: AWS::ApiGateway::Method
     Properties:
@@ -621,6 +622,7 @@ fn rest_api_resource_tree_and_methods() {
         "not mapped: method GET /v1/{proxy+} (FilesGet): AWS_IAM authorization",
         "not mapped: method PUT /v1 (Vtl): mock response template uses VTL",
         "not mapped: AWS::ApiGateway::Method LoopMethod: its resource path is not known",
+        "not mapped: method GET / (RootHealth): mock response headers [\"method.response.header.Access-Control-Allow-Origin\"]",
     ] {
         assert!(stderr.contains(needle), "missing {needle:?} in:\n{stderr}");
     }
@@ -1022,6 +1024,14 @@ fn swagger2_export_mock_routes() {
         "{stderr}"
     );
     assert!(stderr.contains("basePath \"/prod\""), "{stderr}");
+    assert_checks(&toml_text, &[]);
+
+    // The same export twice: each route once (two would overlap), the rest reported.
+    let f = fixture("rest-api-export.swagger2.json");
+    let f = f.to_str().expect("utf-8");
+    let (toml_text, stderr) = import_ok(&["openapi", f, f]);
+    assert_eq!(parse(&toml_text)["routes"].as_array().expect("routes").len(), 2);
+    assert!(stderr.contains("GET /book: the same route as from"), "{stderr}");
     assert_checks(&toml_text, &[]);
 }
 

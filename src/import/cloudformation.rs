@@ -651,6 +651,14 @@ fn mock(ctx: &Ctx<'_>, what: &str, integration: &Value, method_responses: Option
         .and_then(|d| d.get("StatusCode"))
         .or_else(|| method_responses.and_then(|m| m.get(0)).and_then(|m| m.get("StatusCode")))
         .and_then(|s| ctx.resolve(s).ok());
+    let headers: Vec<&String> = default
+        .and_then(|d| d.get("ResponseParameters"))
+        .and_then(Value::as_object)
+        .map(|m| m.keys().filter(|k| !k.eq_ignore_ascii_case("method.response.header.Content-Type")).collect())
+        .unwrap_or_default();
+    if !headers.is_empty() {
+        plan.not_mapped(format!("{what}: mock response headers {headers:?}"));
+    }
     mock_from(status, default.and_then(|d| d.get("ResponseTemplates")), what, plan)
 }
 

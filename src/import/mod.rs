@@ -224,6 +224,7 @@ pub fn build(args: &ImportArgs) -> Result<Outcome, Refusal> {
             }
         }
     }
+    dedupe_routes(&mut plan);
     if plan.routes.is_empty() {
         return Err(Refusal(format!(
             "no API found: {} defines no API Gateway route or method (nothing to write)",
@@ -238,6 +239,44 @@ pub fn build(args: &ImportArgs) -> Result<Outcome, Refusal> {
         )));
     }
     emit::emit(args, &names(&args.files), plan)
+}
+
+/// `/a/{id}/{rest+}` → `/a/{}/{+}`: two routes of one shape and method would overlap.
+fn shape(path: &str) -> String {
+    path.split('/')
+        .map(|seg| match seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
+            Some(name) if name.ends_with('+') => "{+}",
+            Some(_) => "{}",
+            None => seg,
+        })
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+/// Keeps the first of routes that would answer the same requests (the same API read twice,
+/// say), and reports the others.
+fn dedupe_routes(plan: &mut Plan) {
+    let mut seen: Vec<(String, String, String)> = Vec::new();
+    let mut dropped = Vec::new();
+    plan.routes.retain(|r| {
+        let mut keep = true;
+        for m in &r.methods {
+            let key = (shape(&r.path), m.clone());
+            if let Some((_, _, first)) = seen.iter().find(|(p, mm, _)| *p == key.0 && *mm == key.1) {
+                dropped.push(format!("{m} {} from {}: the same route as from {first}; left out", r.path, r.source));
+                keep = false;
+            }
+        }
+        if keep {
+            for m in &r.methods {
+                seen.push((shape(&r.path), m.clone(), r.source.clone()));
+            }
+        }
+        keep
+    });
+    for d in dropped {
+        plan.not_mapped(d);
+    }
 }
 
 fn kind(f: Format) -> &'static str {
@@ -368,5 +407,30 @@ mod tests {
         assert_eq!(snake("APIHandler"), "api_handler");
         assert_eq!(snake("petstore.example.com"), "petstore_example_com");
         assert_eq!(snake("--"), "upstream");
+    }
+
+    #[test]
+    fn overlapping_routes_are_kept_once() {
+        let route = |path: &str, m: &str, source: &str| Route {
+            path: path.to_owned(),
+            methods: vec![m.to_owned()],
+            scopes: None,
+            action: Action::Upstream("u".to_owned()),
+            source: source.to_owned(),
+        };
+        let mut plan = Plan {
+            routes: vec![
+                route("/a/{id}", "GET", "first"),
+                route("/a/{x}", "GET", "second"),
+                route("/a/{x}", "POST", "third"),
+                route("/a/{p+}", "GET", "fourth"),
+            ],
+            ..Plan::default()
+        };
+        dedupe_routes(&mut plan);
+        let kept: Vec<&str> = plan.routes.iter().map(|r| r.source.as_str()).collect();
+        assert_eq!(kept, ["first", "third", "fourth"]);
+        assert_eq!(plan.not_mapped.len(), 1);
+        assert!(plan.not_mapped[0].contains("GET /a/{x} from second: the same route as from first"));
     }
 }

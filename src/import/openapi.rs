@@ -232,6 +232,14 @@ fn action(integration: &Value, what: &str, plan: &mut Plan) -> Option<Action> {
                 Value::Number(n) => Some(n.to_string()),
                 _ => None,
             });
+            let headers: Vec<&String> = default
+                .and_then(|d| d.get("responseParameters"))
+                .and_then(Value::as_object)
+                .map(|m| m.keys().filter(|k| !k.eq_ignore_ascii_case("method.response.header.Content-Type")).collect())
+                .unwrap_or_default();
+            if !headers.is_empty() {
+                plan.not_mapped(format!("{what}: mock response headers {headers:?}"));
+            }
             Some(mock_from(status, default.and_then(|d| d.get("responseTemplates")), what, plan))
         }
         "aws_proxy" | "aws" => {
