@@ -9,6 +9,7 @@ pub mod admin;
 pub mod auth;
 pub mod config;
 pub mod error;
+pub mod import;
 pub mod issuer;
 pub mod listener;
 pub mod metrics;

@@ -33,6 +33,8 @@ enum Command {
     HashSecret,
     /// Print the JSON Schema of gateway.toml (for editors: taplo, Even Better TOML)
     Schema,
+    /// Write a gateway.toml from an API Gateway + Cognito stack (CloudFormation/SAM/CDK template or OpenAPI export)
+    Import(scopegate::import::ImportArgs),
 }
 
 fn mint(config: &std::path::Path, client_id: &str, scope: Option<&str>) -> Result<String, String> {
@@ -127,6 +129,7 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Some(Command::Import(args)) => ExitCode::from(scopegate::import::main(&args)),
         Some(Command::Schema) => {
             print!("{}", scopegate::config::schema());
             ExitCode::SUCCESS
