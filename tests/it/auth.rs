@@ -3,20 +3,13 @@
 //! verified-token cache. Every test runs a real gateway, a real JWKS server and a real upstream;
 //! tokens are minted here.
 
-mod common;
-use common::*;
+use crate::common::*;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-
-const UNAUTHORIZED: &str = r#"{"message":"Unauthorized"}"#;
-const FORBIDDEN: &str = r#"{"message":"Forbidden"}"#;
-const BEARER: &str = "Bearer";
-const INVALID_TOKEN: &str = r#"Bearer error="invalid_token""#;
-const INSUFFICIENT_SCOPE: &str = r#"Bearer error="insufficient_scope""#;
 
 // ---------------------------------------------------------------------------------------------
 // Config builders

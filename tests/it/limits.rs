@@ -1,8 +1,7 @@
 //! Listener limits (`[server]`): `max_connections` makes new connections wait instead
 //! of failing, and `header_read_timeout` cuts off a client that never finishes its head.
 
-mod common;
-use common::*;
+use crate::common::*;
 
 use std::time::Duration;
 
@@ -113,20 +112,6 @@ async fn a_changed_listen_address_is_not_rebound_on_reload() {
 // ---------------------------------------------------------------------------------------------
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-
-/// Reads (and discards) until the peer closes the connection; true when it did within `bound`.
-async fn closed_within(stream: &mut TcpStream, bound: Duration) -> bool {
-    let mut sink = [0u8; 4096];
-    let drained = async {
-        loop {
-            match stream.read(&mut sink).await {
-                Ok(0) | Err(_) => return,
-                Ok(_) => {}
-            }
-        }
-    };
-    tokio::time::timeout(bound, drained).await.is_ok()
-}
 
 /// `max_connections = 3` held by three stalled sockets: each is closed within a generous bound
 /// of `header_read_timeout`, and a fourth client, queued behind them, is then served.
@@ -281,41 +266,14 @@ async fn a_zero_idle_timeout_is_refused() {
 /// then says nothing (here with ALPN h2, so no HTTP/1.1 timer of hyper's applies) is closed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_tls_connection_is_closed_after_header_read_timeout() {
-    use std::sync::Arc;
-    let key = rcgen::KeyPair::generate().expect("key pair");
-    let params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).expect("params");
-    let cert = params.self_signed(&key).expect("self-signed cert");
+    let (cert_pem, key_pem, cert_der) = self_signed("localhost", 1);
     let gw = Gateway::start_with_files(
         &config("max_connections = 1\nheader_read_timeout = \"500ms\"\n[server.tls]\ncert = \"cert.pem\"\nkey = \"key.pem\""),
-        &[("cert.pem", &cert.pem()), ("key.pem", &key.serialize_pem())],
+        &[("cert.pem", &cert_pem), ("key.pem", &key_pem)],
     )
     .await;
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(cert.der().clone()).expect("trust anchor");
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut client = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .expect("protocol versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    client.alpn_protocols = vec![b"h2".to_vec()];
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
-    let tcp = TcpStream::connect(gw.addr).await.expect("connect");
-    let name = rustls_pki_types::ServerName::try_from("localhost").expect("server name");
-    let mut tls = tokio::time::timeout(Duration::from_secs(5), connector.connect(name, tcp))
-        .await
-        .expect("TLS handshake within 5 s")
-        .expect("TLS handshake");
-    let mut sink = [0u8; 1024];
-    let closed = tokio::time::timeout(Duration::from_secs(5), async {
-        loop {
-            match tls.read(&mut sink).await {
-                Ok(0) | Err(_) => return,
-                Ok(_) => {}
-            }
-        }
-    })
-    .await;
-    assert!(closed.is_ok(), "a silent TLS connection held max_connections = 1 past header_read_timeout");
+    let mut tls = tls_connect(gw.addr, &tls_client(&[&cert_der], &[b"h2"])).await.expect("TLS handshake");
+    let closed = closed_within(&mut tls, Duration::from_secs(5)).await;
+    assert!(closed, "a silent TLS connection held max_connections = 1 past header_read_timeout");
     gw.stop().await;
 }

@@ -10,8 +10,7 @@
 //! close, it reads nothing more and closes [`LINGER`] later, and records what arrived in
 //! between (requests the application never saw).
 
-mod common;
-use common::*;
+use crate::common::*;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};

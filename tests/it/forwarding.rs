@@ -1,23 +1,16 @@
 //! Forwarding to real upstreams.
 
-mod common;
-use common::*;
+use crate::common::*;
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Empty, StreamBody};
-use hyper::body::Frame;
+use http_body_util::{BodyExt, Empty};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-const UNAUTHORIZED: &str = r#"{"message":"Unauthorized"}"#;
-const MIB: u64 = 1024 * 1024;
 
 async fn bounded<F: std::future::Future>(secs: u64, fut: F) -> F::Output {
     tokio::time::timeout(Duration::from_secs(secs), fut).await.expect("test timed out")
@@ -104,15 +97,6 @@ impl Env {
 
 fn x_auth_headers(r: &Received) -> Vec<(String, String)> {
     r.headers.iter().filter(|(k, _)| k.starts_with("x-auth-")).cloned().collect()
-}
-
-/// Waits (bounded) until the upstream has recorded `n` requests.
-async fn wait_count(up: &Upstream, n: usize) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while up.count() < n {
-        assert!(Instant::now() < deadline, "upstream recorded {} requests, want {n}", up.count());
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -361,136 +345,6 @@ async fn unreachable_upstream_is_502_and_slow_upstream_is_504() {
         // unauthenticated requests never reach the (dead) upstream: still 401
         let resp = get(&gw, "/book", None).await;
         assert_eq!((resp.status, resp.body.as_str()), (401, UNAUTHORIZED));
-        gw.stop().await;
-    })
-    .await;
-}
-
-fn vm_rss_kib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .expect("VmRSS in /proc/self/status")
-}
-
-/// Samples VmRSS on a plain thread until stopped; returns the peak seen.
-struct RssSampler {
-    stop: Arc<AtomicBool>,
-    handle: std::thread::JoinHandle<u64>,
-}
-
-impl RssSampler {
-    fn start() -> RssSampler {
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
-        let handle = std::thread::spawn(move || {
-            let mut peak = vm_rss_kib();
-            while !flag.load(Ordering::Relaxed) {
-                peak = peak.max(vm_rss_kib());
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            peak.max(vm_rss_kib())
-        });
-        RssSampler { stop, handle }
-    }
-    fn peak_kib(self) -> u64 {
-        self.stop.store(true, Ordering::Relaxed);
-        self.handle.join().expect("sampler thread")
-    }
-}
-
-type ClientBody = BoxBody<Bytes, Infallible>;
-
-/// `total` bytes in 64 KiB chunks, produced lazily from one shared buffer.
-fn generated_body(total: u64) -> ClientBody {
-    const CHUNK: u64 = 64 * 1024;
-    let chunk = Bytes::from(vec![b'y'; CHUNK as usize]);
-    let n = total.div_ceil(CHUNK);
-    let frames = (0..n).map(move |i| {
-        let len = if i + 1 == n { total - i * CHUNK } else { CHUNK };
-        Ok::<_, Infallible>(Frame::data(chunk.slice(0..len as usize)))
-    });
-    StreamBody::new(futures_util::stream::iter(frames)).boxed()
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn large_bodies_stream_both_ways_without_buffering() {
-    bounded(240, async {
-        let env = Env::new("fwd-k8").await;
-        let rest = format!(
-            "{}{}{}",
-            upstream_toml("books", &env.books.url),
-            route("/upload", r#"["POST"]"#, "books"),
-            route("/big", r#"["GET"]"#, "books"),
-        );
-        let gw = Gateway::start(&config(env.jwks_url(), r#"request_timeout = "200s""#, "", &rest)).await;
-        let auth = format!("Bearer {}", env.token());
-        let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-            .build_http::<ClientBody>();
-
-        // Warm up: one small request so connection pools and lazy statics exist before measuring.
-        let req = hyper::Request::post(format!("{}/upload", gw.url))
-            .header("authorization", &auth)
-            .body(generated_body(1024))
-            .unwrap();
-        let resp = client.request(req).await.expect("warm-up request");
-        assert_eq!(resp.status(), 200);
-        resp.into_body().collect().await.unwrap();
-        wait_count(&env.books, 1).await;
-        assert_eq!(env.books.last().unwrap().body_len, 1024);
-
-        // 64 MiB upload, chunked, generated on the fly.
-        let upload = 64 * MIB;
-        let before = vm_rss_kib();
-        let sampler = RssSampler::start();
-        let req = hyper::Request::post(format!("{}/upload", gw.url))
-            .header("authorization", &auth)
-            .body(generated_body(upload))
-            .unwrap();
-        let resp = client.request(req).await.expect("upload request");
-        assert_eq!(resp.status(), 200);
-        resp.into_body().collect().await.unwrap();
-        let peak = sampler.peak_kib();
-        wait_count(&env.books, 2).await;
-        let r = env.books.last().unwrap();
-        assert_eq!(r.method, "POST");
-        assert_eq!(r.target, "/upload");
-        assert_eq!(r.body_len, upload, "upstream got {} bytes", r.body_len);
-        let growth = peak.saturating_sub(before) * 1024;
-        eprintln!("64 MiB upload: RSS {before} KiB -> peak {peak} KiB");
-        assert!(growth < 32 * MIB, "RSS grew by {} MiB while streaming a 64 MiB request body", growth / MIB);
-
-        // 256 MiB download, counted and dropped chunk by chunk.
-        let download: u64 = 256 * MIB;
-        let before = vm_rss_kib();
-        let sampler = RssSampler::start();
-        let req = hyper::Request::get(format!("{}/big?bytes={download}", gw.url))
-            .header("authorization", &auth)
-            .body(Empty::<Bytes>::new().boxed())
-            .unwrap();
-        let resp = client.request(req).await.expect("download request");
-        assert_eq!(resp.status(), 200);
-        let mut body = resp.into_body();
-        let mut received: u64 = 0;
-        let mut wrong_bytes = 0u64;
-        while let Some(frame) = body.frame().await {
-            let frame = frame.expect("download body error");
-            if let Some(data) = frame.data_ref() {
-                received += data.len() as u64;
-                wrong_bytes += data.iter().filter(|&&b| b != b'x').count() as u64;
-            }
-        }
-        let peak = sampler.peak_kib();
-        assert_eq!(received, download, "response truncated or padded");
-        assert_eq!(wrong_bytes, 0, "response content altered");
-        assert_eq!(env.books.last().unwrap().target, format!("/big?bytes={download}"));
-        let growth = peak.saturating_sub(before) * 1024;
-        eprintln!("256 MiB download: RSS {before} KiB -> peak {peak} KiB");
-        assert!(growth < 64 * MIB, "RSS grew by {} MiB while streaming a 256 MiB response", growth / MIB);
-        drop(client);
         gw.stop().await;
     })
     .await;

@@ -1,8 +1,7 @@
 //! Upgraded connections (WebSocket): only `websocket` is relayed, the upstream's 101 must say
 //! the same, and a tunnel keeps its connection slot and closes when idle.
 
-mod common;
-use common::*;
+use crate::common::*;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -57,19 +56,6 @@ async fn echo(s: &mut TcpStream, msg: &[u8]) {
     let mut got = vec![0u8; msg.len()];
     bounded("echo", s.read_exact(&mut got)).await.expect("read the echo");
     assert_eq!(got, msg);
-}
-
-async fn closed_within(s: &mut TcpStream, bound: Duration) -> bool {
-    let mut sink = [0u8; 1024];
-    let drained = async {
-        loop {
-            match s.read(&mut sink).await {
-                Ok(0) | Err(_) => return,
-                Ok(_) => {}
-            }
-        }
-    };
-    tokio::time::timeout(bound, drained).await.is_ok()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,14 +1,8 @@
 //! Route table and path normalization (docs/behaviour.md, "Paths and route choice").
 
-mod common;
-use common::*;
+use crate::common::*;
 
 use std::time::Duration;
-
-const BAD_REQUEST: &str = r#"{"message":"Bad Request"}"#;
-const NOT_FOUND: &str = r#"{"message":"Not Found"}"#;
-const UNAUTHORIZED: &str = r#"{"message":"Unauthorized"}"#;
-const METHOD_NOT_ALLOWED: &str = r#"{"message":"Method Not Allowed"}"#;
 
 /// Bounds every test: nothing here should take more than a few seconds.
 async fn bounded<F: std::future::Future>(fut: F) -> F::Output {

@@ -1,11 +1,17 @@
 //! Shared harness for the scopegate integration tests.
 //!
-//! Every test file starts with `mod common; use common::*;` and uses a subset of this module:
+//! Every test module starts with `use crate::common::*;` and uses a subset of this module:
 //!
 //! - [`TestKey`], [`claims`], [`now`]: signing keys and Cognito-like access tokens minted in the test;
 //! - [`JwksServer`]: a real HTTP server publishing a JWKS that tests can change or break;
 //! - [`Upstream`]: a real HTTP upstream that records every request it gets;
-//! - [`Gateway`]: writes a `gateway.toml` into a temp dir and runs `scopegate::Server` on it;
+//! - [`Gateway`]: writes a `gateway.toml` into a temp dir and runs `scopegate::Server` on it
+//!   (addresses, config file, reload, metrics);
+//! - [`Binary`]: the same with the real `scopegate` binary (bound addresses read from its
+//!   "scopegate listening" line, output captured, signals, killed and reaped on drop), and
+//!   [`binary_command`] / [`run_bounded`] for its short-lived commands;
+//! - [`server_toml`], [`issuer_toml`], [`upstream_toml`], [`route_toml`] and their lines: the
+//!   config builder; the gateway's answers as constants ([`UNAUTHORIZED`], ...);
 //! - [`send`], [`get`], [`raw`]: HTTP/1.1 clients (hyper, or raw bytes over TCP).
 //!
 //! All servers bind `127.0.0.1:0` and stop when their handle is dropped; every network wait is
@@ -15,7 +21,8 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -43,6 +50,20 @@ pub use jsonwebtoken::Algorithm;
 
 /// The issuer used by most tests.
 pub const ISS: &str = "https://issuer.test/pool";
+
+// The gateway's answers, as the tests expect them byte for byte.
+pub const UNAUTHORIZED: &str = r#"{"message":"Unauthorized"}"#;
+pub const FORBIDDEN: &str = r#"{"message":"Forbidden"}"#;
+pub const BAD_REQUEST: &str = r#"{"message":"Bad Request"}"#;
+pub const NOT_FOUND: &str = r#"{"message":"Not Found"}"#;
+pub const METHOD_NOT_ALLOWED: &str = r#"{"message":"Method Not Allowed"}"#;
+pub const UNAVAILABLE: &str = r#"{"message":"Service Unavailable"}"#;
+/// `www-authenticate` of a request without a token.
+pub const BEARER: &str = "Bearer";
+/// `www-authenticate` of a refused token.
+pub const INVALID_TOKEN: &str = r#"Bearer error="invalid_token""#;
+/// `www-authenticate` of a token without the route's scopes.
+pub const INSUFFICIENT_SCOPE: &str = r#"Bearer error="insufficient_scope""#;
 
 /// Bound on one request/response exchange made with [`send`] / [`get`].
 const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -453,6 +474,15 @@ impl Upstream {
     }
 }
 
+/// Waits (bounded: 5 s) until the upstream has recorded `n` requests.
+pub async fn wait_count(up: &Upstream, n: usize) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while up.count() < n {
+        assert!(tokio::time::Instant::now() < deadline, "upstream recorded {} requests, want {n}", up.count());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 static XS: [u8; 65536] = [b'x'; 65536];
 
 async fn upstream_handle(
@@ -584,11 +614,16 @@ fn websocket_accept(key: &[u8]) -> String {
 // Gateway
 // ---------------------------------------------------------------------------------------------
 
-/// A running `scopegate::Server` on a `gateway.toml` written to a fresh temp dir.
+/// A running `scopegate::Server` on a `gateway.toml` written to a fresh temp dir: its
+/// addresses, its config file and directory (to edit and [`Gateway::reload`]), its metrics.
 pub struct Gateway {
     pub addr: SocketAddr,
     /// `http://127.0.0.1:PORT`
     pub url: String,
+    /// The admin listener, when the config has `admin_listen`.
+    pub admin: Option<SocketAddr>,
+    /// The path the server was started on (it may be a symlink).
+    pub config: PathBuf,
     /// Holds `gateway.toml` and any extra files; deleted on drop.
     pub dir: tempfile::TempDir,
     server: Option<scopegate::Server>,
@@ -626,17 +661,99 @@ impl Gateway {
         }
         let config = dir.path().join("gateway.toml");
         std::fs::write(&config, toml).map_err(|e| format!("{}: {e}", config.display()))?;
+        Self::try_start_at(dir, config).await
+    }
+
+    /// Starts the server on `config`, which the caller laid out inside `dir` (e.g. a
+    /// ConfigMap-like tree of symlinks); panics with the error and the file on failure.
+    pub async fn start_at(dir: tempfile::TempDir, config: PathBuf) -> Gateway {
+        let text = std::fs::read_to_string(&config).unwrap_or_default();
+        match Self::try_start_at(dir, config).await {
+            Ok(gateway) => gateway,
+            Err(e) => panic!("gateway failed to start: {e}\n--- gateway.toml ---\n{text}"),
+        }
+    }
+
+    async fn try_start_at(dir: tempfile::TempDir, config: PathBuf) -> Result<Gateway, String> {
         let started = tokio::time::timeout(GATEWAY_START_TIMEOUT, scopegate::Server::start(&config))
             .await
             .map_err(|_| format!("Server::start did not return within {GATEWAY_START_TIMEOUT:?}"))?;
         let server = started.map_err(|e| e.to_string())?;
         let addr = server.local_addr();
-        Ok(Gateway { addr, url: format!("http://{addr}"), dir, server: Some(server) })
+        let admin = server.admin_addr();
+        Ok(Gateway { addr, url: format!("http://{addr}"), admin, config, dir, server: Some(server) })
     }
 
     /// Path of the gateway.toml in use.
     pub fn config_path(&self) -> PathBuf {
-        self.dir.path().join("gateway.toml")
+        self.config.clone()
+    }
+
+    /// `name` relative to the config's directory.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Replaces `name` (relative to the config's directory; parents created) atomically: a
+    /// temp file renamed over it.
+    pub fn write(&self, name: &str, contents: &str) {
+        replace_by_rename(&self.path(name), contents);
+    }
+
+    /// Replaces gateway.toml the way editors do: write a temp file, rename it over.
+    pub fn rewrite(&self, toml: &str) {
+        replace_by_rename(&self.config, toml);
+    }
+
+    /// The server, for a test that shuts it down itself (then [`Gateway::stop`] does nothing).
+    pub fn take_server(&mut self) -> scopegate::Server {
+        self.server.take().expect("server is running")
+    }
+
+    /// The running server.
+    pub fn server(&self) -> &scopegate::Server {
+        self.server.as_ref().expect("server is running")
+    }
+
+    /// The admin listener's address; panics when the config has no `admin_listen`.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin.expect("admin_listen is set, so admin_addr is Some")
+    }
+
+    /// Re-reads the config now (what SIGHUP does), bounded; `Err` holds the rejection.
+    pub async fn reload(&self) -> Result<(), String> {
+        tokio::time::timeout(GATEWAY_START_TIMEOUT, self.server().reload())
+            .await
+            .unwrap_or_else(|_| panic!("reload did not finish within {GATEWAY_START_TIMEOUT:?}"))
+    }
+
+    /// The server's metrics in the Prometheus text format (as `/metrics` shows them).
+    pub fn metrics_text(&self) -> String {
+        self.server().metrics().render()
+    }
+
+    /// `GET /metrics` on the admin listener; asserts a 200 text/plain answer.
+    pub async fn admin_metrics(&self) -> String {
+        let resp = send_to(self.admin_addr(), "GET", "/metrics", &[], "").await;
+        assert_eq!(resp.status, 200, "GET /metrics: {resp:?}");
+        let ct = resp.header("content-type").unwrap_or_default();
+        assert!(ct.starts_with("text/plain"), "GET /metrics content-type: {ct}");
+        resp.body
+    }
+
+    /// `scopegate_config_reloads_total{result}`.
+    pub fn reloads(&self, result: &str) -> u64 {
+        self.server().metrics().config_reloads.with_label_values(&[result]).get()
+    }
+
+    /// `scopegate_jwks_refreshes_total{issuer=ISS, result}`.
+    pub fn jwks_refreshes(&self, result: &str) -> u64 {
+        self.server().metrics().jwks_refreshes.with_label_values(&[ISS, result]).get()
+    }
+
+    /// GET `path` on a fresh connection; `token` is sent as `authorization: Bearer <token>`.
+    pub async fn get(&self, path: &str, token: Option<&str>) -> Resp {
+        get(self, path, token).await
     }
 
     /// Shuts the server down (bounded; panics if it does not stop in time), then removes the
@@ -685,6 +802,63 @@ pub fn toml_list(items: &[&str]) -> String {
     format!("[{}]", items.join(", "))
 }
 
+/// `[server]` on 127.0.0.1:0 with `extra` lines.
+pub fn server_toml(extra: &str) -> String {
+    format!("[server]\nlisten = \"127.0.0.1:0\"\n{extra}\n\n")
+}
+
+/// `[server]` on 127.0.0.1:0 with the admin listener on 127.0.0.1:0 too, and `extra` lines.
+pub fn server_admin_toml(extra: &str) -> String {
+    server_toml(&format!("admin_listen = \"127.0.0.1:0\"\n{extra}"))
+}
+
+/// One `[[auth.issuers]]` table. `source` is its key-source line ([`jwks_uri`], `jwks_file = ...`,
+/// ...); `algs` empty leaves `algorithms` at its default.
+pub fn issuer_toml(iss: &str, source: &str, algs: &[&str], extra: &str) -> String {
+    let algorithms = if algs.is_empty() { String::new() } else { format!("algorithms = {}\n", toml_list(algs)) };
+    format!("[[auth.issuers]]\nissuer = {}\n{source}\n{algorithms}{extra}\n\n", toml_str(iss))
+}
+
+/// The key-source line `jwks_uri = "<url>"`.
+pub fn jwks_uri(url: &str) -> String {
+    format!("jwks_uri = {}", toml_str(url))
+}
+
+/// One `[upstreams.<name>]` table.
+pub fn upstream_toml(name: &str, url: &str) -> String {
+    format!("[upstreams.{name}]\nurl = {}\n\n", toml_str(url))
+}
+
+/// One `[[routes]]` table: `path`, `methods`, then `lines` (e.g. [`forward_to`], [`scopes`],
+/// [`PUBLIC`], [`mock_response`]).
+pub fn route_toml(path: &str, methods: &[&str], lines: &[&str]) -> String {
+    let mut out = format!("[[routes]]\npath = {}\nmethods = {}\n", toml_str(path), toml_list(methods));
+    for line in lines {
+        out.push_str(line);
+        out.push('\n');
+    }
+    out.push('\n');
+    out
+}
+
+/// A route line: no token needed.
+pub const PUBLIC: &str = "auth = \"none\"";
+
+/// A route line: forward to `[upstreams.<name>]`.
+pub fn forward_to(upstream: &str) -> String {
+    format!("upstream = {}", toml_str(upstream))
+}
+
+/// A route line: the token needs one of these scopes.
+pub fn scopes(any_of: &[&str]) -> String {
+    format!("scopes = {}", toml_list(any_of))
+}
+
+/// A route line: answer 200 with `body` as `content_type` (a mock integration).
+pub fn mock_response(content_type: &str, body: &str) -> String {
+    format!("response = {{ status = 200, content_type = {}, body = {} }}", toml_str(content_type), toml_str(body))
+}
+
 // ---------------------------------------------------------------------------------------------
 // Clients
 // ---------------------------------------------------------------------------------------------
@@ -712,10 +886,23 @@ pub async fn send(gw: &Gateway, method: &str, path: &str, headers: &[(&str, &str
 
 /// [`send`] to any address.
 pub async fn send_to(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> Resp {
+    try_send_to(addr, method, path, headers, body).await.unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// [`send_to`] that returns connect, protocol and timeout failures as `Err` instead of
+/// panicking (for probes that expect them, e.g. while a server stops).
+pub async fn try_send_to(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Result<Resp, String> {
     let exchange = async {
-        let stream = TcpStream::connect(addr).await.unwrap_or_else(|e| panic!("connect {addr}: {e}"));
-        let (mut sender, conn) =
-            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.expect("HTTP/1.1 handshake");
+        let stream = TcpStream::connect(addr).await.map_err(|e| format!("connect {addr}: {e}"))?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| format!("HTTP/1.1 handshake: {e}"))?;
         let conn = tokio::spawn(conn);
         let method_value = hyper::Method::from_bytes(method.as_bytes()).expect("valid method");
         let mut builder = Request::builder().method(method_value).uri(path);
@@ -728,21 +915,22 @@ pub async fn send_to(addr: SocketAddr, method: &str, path: &str, headers: &[(&st
         let req = builder
             .body(Full::new(Bytes::from(body.to_string())))
             .unwrap_or_else(|e| panic!("cannot build request {method} {path}: {e}"));
-        let resp = sender.send_request(req).await.unwrap_or_else(|e| panic!("{method} {path}: {e}"));
-        let status = resp.status().as_u16();
-        let headers = header_pairs(resp.headers());
-        let body = resp
-            .into_body()
-            .collect()
-            .await
-            .unwrap_or_else(|e| panic!("{method} {path}: reading body: {e}"))
-            .to_bytes();
+        let resp = sender.send_request(req).await.map_err(|e| format!("{method} {path}: {e}"))?;
+        let resp = read_resp(resp).await.map_err(|e| format!("{method} {path}: {e}"));
         conn.abort();
-        Resp { status, headers, body: String::from_utf8_lossy(&body).into_owned() }
+        resp
     };
     tokio::time::timeout(HTTP_TIMEOUT, exchange)
         .await
-        .unwrap_or_else(|_| panic!("{method} {path}: no complete response within {HTTP_TIMEOUT:?}"))
+        .unwrap_or_else(|_| Err(format!("{method} {path}: no complete response within {HTTP_TIMEOUT:?}")))
+}
+
+/// A hyper response (HTTP/1.1 or h2), body read in full, as a [`Resp`].
+pub async fn read_resp(resp: Response<Incoming>) -> Result<Resp, String> {
+    let status = resp.status().as_u16();
+    let headers = header_pairs(resp.headers());
+    let body = resp.into_body().collect().await.map_err(|e| format!("reading body: {e}"))?.to_bytes();
+    Ok(Resp { status, headers, body: String::from_utf8_lossy(&body).into_owned() })
 }
 
 /// GET `path`; `token` is sent as `authorization: Bearer <token>`.
@@ -867,4 +1055,469 @@ fn decode_chunked(mut data: &[u8]) -> Option<Vec<u8>> {
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+// ---------------------------------------------------------------------------------------------
+// TLS and raw connections
+// ---------------------------------------------------------------------------------------------
+
+/// A self-signed certificate for localhost / 127.0.0.1 with this common name and serial:
+/// (cert PEM, key PEM, cert DER).
+pub fn self_signed(cn: &str, serial: u64) -> (String, String, rustls_pki_types::CertificateDer<'static>) {
+    let key = rcgen::KeyPair::generate().expect("key pair");
+    let mut params =
+        rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).expect("params");
+    params.distinguished_name.push(rcgen::DnType::CommonName, cn);
+    params.serial_number = Some(rcgen::SerialNumber::from(serial));
+    let cert = params.self_signed(&key).expect("self-signed cert");
+    (cert.pem(), key.serialize_pem(), cert.der().clone())
+}
+
+/// A TLS client trusting only `trusted`, offering `alpn`.
+pub fn tls_client(
+    trusted: &[&rustls_pki_types::CertificateDer<'static>],
+    alpn: &[&[u8]],
+) -> tokio_rustls::TlsConnector {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in trusted {
+        roots.add((*c).clone()).expect("trust anchor");
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("protocol versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    tokio_rustls::TlsConnector::from(Arc::new(cfg))
+}
+
+/// TCP to `addr`, then a TLS handshake for `localhost`, bounded by 10 s.
+pub async fn tls_connect(
+    addr: SocketAddr,
+    connector: &tokio_rustls::TlsConnector,
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>, String> {
+    let go = async {
+        let tcp = TcpStream::connect(addr).await.map_err(|e| format!("connect: {e}"))?;
+        let name = rustls_pki_types::ServerName::try_from("localhost").expect("server name");
+        connector.connect(name, tcp).await.map_err(|e| format!("TLS handshake: {e}"))
+    };
+    tokio::time::timeout(HTTP_TIMEOUT, go).await.map_err(|_| "TLS connect timed out".to_string())?
+}
+
+/// Reads (and discards) until the peer closes the connection; true when it did within `bound`.
+pub async fn closed_within<S: tokio::io::AsyncRead + Unpin>(stream: &mut S, bound: Duration) -> bool {
+    let mut sink = [0u8; 4096];
+    let drained = async {
+        loop {
+            match stream.read(&mut sink).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    };
+    tokio::time::timeout(bound, drained).await.is_ok()
+}
+
+// ---------------------------------------------------------------------------------------------
+// The real binary
+// ---------------------------------------------------------------------------------------------
+
+/// Bound on the binary's start-up (until it logs "scopegate listening").
+const BINARY_START_TIMEOUT: Duration = Duration::from_secs(30);
+/// Bound on the wait for the process to be gone once killed (on drop).
+const BINARY_REAP_TIMEOUT: Duration = Duration::from_secs(5);
+/// Bound on one short-lived command (`check`, `import`, `token`, ...).
+pub const CLI_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Where a [`Binary`]'s stdout and stderr go.
+enum Sink {
+    /// Two pipes, each drained by a thread into its buffer (the threads end at EOF).
+    Pipes { stdout: Arc<Mutex<Vec<u8>>>, stderr: Arc<Mutex<Vec<u8>>>, drains: Vec<std::thread::JoinHandle<()>> },
+    /// One file (both streams), e.g. a log written next to the config.
+    File(PathBuf),
+}
+
+/// How to run a [`Binary`]; `Binary::options(toml)...start()`.
+pub struct BinaryOptions {
+    toml: String,
+    config: String,
+    log_file: Option<String>,
+    rust_log: String,
+    files: Vec<(String, String)>,
+    settle: Duration,
+}
+
+impl BinaryOptions {
+    /// The config's path relative to the temp dir (default `gateway.toml`; parents created).
+    pub fn config_at(mut self, relative: &str) -> Self {
+        self.config = relative.to_string();
+        self
+    }
+
+    /// stdout and stderr go to this file (relative to the temp dir) instead of pipes.
+    pub fn log_file(mut self, relative: &str) -> Self {
+        self.log_file = Some(relative.to_string());
+        self
+    }
+
+    /// `RUST_LOG` (default `info`). The `scopegate` target must log at info: the harness reads
+    /// the bound addresses from the "scopegate listening" line.
+    pub fn rust_log(mut self, filter: &str) -> Self {
+        self.rust_log = filter.to_string();
+        self
+    }
+
+    /// Extra files written before start (paths relative to the config's directory).
+    pub fn file(mut self, relative: &str, contents: &str) -> Self {
+        self.files.push((relative.to_string(), contents.to_string()));
+        self
+    }
+
+    /// Time to wait after the "listening" line: the binary installs its SIGTERM / SIGHUP
+    /// handlers right after it, and a signal that arrives before them ends the process.
+    pub fn settle(mut self, wait: Duration) -> Self {
+        self.settle = wait;
+        self
+    }
+
+    pub async fn start(self) -> Binary {
+        Binary::start_with(self).await
+    }
+}
+
+/// The `scopegate` binary serving a config written into a fresh temp dir, with `listen` (and
+/// `admin_listen`) on `127.0.0.1:0`: the bound addresses are read from the "scopegate listening"
+/// line it logs (JSON or text). Its output is kept for the test to search. Killed and reaped
+/// (bounded) on drop if still running.
+pub struct Binary {
+    child: std::process::Child,
+    pub addr: SocketAddr,
+    /// The admin listener, when the config has `admin_listen`.
+    pub admin: Option<SocketAddr>,
+    /// Holds the config and any extra files; deleted on drop.
+    pub dir: tempfile::TempDir,
+    config: PathBuf,
+    sink: Sink,
+    exit: Option<std::process::ExitStatus>,
+}
+
+impl Binary {
+    /// Runs the binary on `toml` (`gateway.toml` in a fresh temp dir, `RUST_LOG=info`, output
+    /// captured); panics with the output if it exits or does not listen within 30 s.
+    pub async fn start(toml: &str) -> Binary {
+        Binary::options(toml).start().await
+    }
+
+    /// Options for [`Binary::start`]; finish with [`BinaryOptions::start`].
+    pub fn options(toml: &str) -> BinaryOptions {
+        BinaryOptions {
+            toml: toml.to_string(),
+            config: "gateway.toml".to_string(),
+            log_file: None,
+            rust_log: "info".to_string(),
+            files: Vec::new(),
+            settle: Duration::from_millis(300),
+        }
+    }
+
+    async fn start_with(o: BinaryOptions) -> Binary {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = dir.path().join(&o.config);
+        write_file(&config, &o.toml);
+        let config_dir = config.parent().expect("config dir").to_path_buf();
+        for (name, contents) in &o.files {
+            write_file(&config_dir.join(name), contents);
+        }
+        let mut cmd = binary_command();
+        cmd.arg("--config").arg(&config).env("RUST_LOG", &o.rust_log).current_dir(dir.path());
+        let sink = match &o.log_file {
+            Some(name) => {
+                let path = dir.path().join(name);
+                let file = std::fs::File::create(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                cmd.stdout(file.try_clone().expect("clone log handle")).stderr(file);
+                Sink::File(path)
+            }
+            None => {
+                cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+                Sink::Pipes { stdout: Arc::default(), stderr: Arc::default(), drains: Vec::new() }
+            }
+        };
+        let mut child = cmd.spawn().expect("spawn scopegate");
+        let mut sink = sink;
+        if let Sink::Pipes { stdout, stderr, drains } = &mut sink {
+            drains.push(drain(child.stdout.take().expect("stdout pipe"), Arc::clone(stdout)));
+            drains.push(drain(child.stderr.take().expect("stderr pipe"), Arc::clone(stderr)));
+        }
+        let unbound: SocketAddr = "127.0.0.1:0".parse().expect("addr");
+        let mut bin = Binary { child, addr: unbound, admin: None, dir, config, sink, exit: None };
+        let deadline = tokio::time::Instant::now() + BINARY_START_TIMEOUT;
+        loop {
+            if let Some(status) = bin.try_wait() {
+                panic!("scopegate exited at start ({status}):\n{}\n--- config ---\n{}", bin.output(), o.toml);
+            }
+            if let Some((addr, admin)) = bin.stdout().lines().find_map(listening_line) {
+                bin.addr = addr;
+                bin.admin = admin;
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "scopegate did not log its addresses within {BINARY_START_TIMEOUT:?}:\n{}",
+                bin.output()
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        tokio::time::sleep(o.settle).await;
+        bin
+    }
+
+    /// The admin listener's address; panics when the config has no `admin_listen`.
+    pub fn admin(&self) -> SocketAddr {
+        self.admin.expect("the config has admin_listen")
+    }
+
+    /// `http://ADDR`
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn config_path(&self) -> &Path {
+        &self.config
+    }
+
+    /// What the process wrote to stdout so far (with a log file: the whole file).
+    pub fn stdout(&self) -> String {
+        match &self.sink {
+            Sink::Pipes { stdout, .. } => String::from_utf8_lossy(&lock(stdout)).into_owned(),
+            Sink::File(path) => read_lossy(path),
+        }
+    }
+
+    /// What the process wrote to stderr so far (empty with a log file: it is in [`Binary::stdout`]).
+    pub fn stderr(&self) -> String {
+        match &self.sink {
+            Sink::Pipes { stderr, .. } => String::from_utf8_lossy(&lock(stderr)).into_owned(),
+            Sink::File(_) => String::new(),
+        }
+    }
+
+    /// stdout and stderr, labelled, for failure messages.
+    pub fn output(&self) -> String {
+        format!("--- stdout ---\n{}\n--- stderr ---\n{}", self.stdout(), self.stderr())
+    }
+
+    /// stdout then stderr, unlabelled, as one log.
+    pub fn log(&self) -> String {
+        self.stdout() + &self.stderr()
+    }
+
+    /// The stdout lines that are JSON objects.
+    pub fn json_lines(&self) -> Vec<Value> {
+        self.stdout().lines().filter_map(|l| serde_json::from_str::<Value>(l).ok()).collect()
+    }
+
+    /// Sends `sig` ("TERM", "INT", "HUP", ...) with kill(1); panics if kill fails.
+    pub fn signal(&self, sig: &str) {
+        let status = std::process::Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.pid().to_string())
+            .status()
+            .unwrap_or_else(|e| panic!("run kill -{sig}: {e}"));
+        assert!(status.success(), "kill -{sig} {}: {status}", self.pid());
+    }
+
+    fn try_wait(&mut self) -> Option<std::process::ExitStatus> {
+        if self.exit.is_none() {
+            self.exit = self.child.try_wait().ok().flatten();
+        }
+        self.exit
+    }
+
+    /// True while the process has not exited.
+    pub fn running(&mut self) -> bool {
+        self.try_wait().is_none()
+    }
+
+    /// Waits (bounded) for the process to exit; `None` if it is still running after `limit`.
+    pub async fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            if let Some(status) = self.try_wait() {
+                // Let the drain threads read what the process wrote last (up to EOF).
+                if let Sink::Pipes { drains, .. } = &self.sink {
+                    let until = tokio::time::Instant::now() + BINARY_REAP_TIMEOUT;
+                    while !drains.iter().all(|d| d.is_finished()) && tokio::time::Instant::now() < until {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                }
+                return Some(status);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// SIGTERM, then waits up to `limit` for the exit (SIGKILL after that); the exit status,
+    /// `None` if it had to be killed.
+    pub async fn terminate(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        if self.running() {
+            self.signal("TERM");
+        }
+        let status = self.wait_exit(limit).await;
+        if status.is_none() {
+            self.kill();
+        }
+        status
+    }
+
+    /// SIGTERM; asserts the process drains and exits 0 within 20 s.
+    pub async fn stop(mut self) {
+        let status = self.terminate(Duration::from_secs(20)).await;
+        let status = status.unwrap_or_else(|| panic!("no exit within 20 s of SIGTERM:\n{}", self.output()));
+        assert!(status.success(), "exit status {status}:\n{}", self.output());
+    }
+
+    fn kill(&mut self) {
+        if self.try_wait().is_some() {
+            return;
+        }
+        let _ = self.child.kill();
+        let deadline = std::time::Instant::now() + BINARY_REAP_TIMEOUT;
+        while self.try_wait().is_none() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// A `Vm*` line of the process's /proc status ("VmRSS", "VmHWM", ...), in KiB.
+    pub fn vm_kib(&self, field: &str) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).expect("/proc status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(field)?.strip_prefix(':')?.trim().strip_suffix("kB")?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {field} in /proc status"))
+    }
+}
+
+impl Drop for Binary {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The `scopegate` binary as a command: no `SCOPEGATE_CONFIG` from the test's environment,
+/// no colours, stdin from /dev/null.
+pub fn binary_command() -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_scopegate"));
+    cmd.env_remove("SCOPEGATE_CONFIG").env("NO_COLOR", "1").stdin(Stdio::null());
+    cmd
+}
+
+/// Runs `cmd` to its end with stdout and stderr captured, bounded by [`CLI_TIMEOUT`] (killed
+/// after that).
+pub fn run_bounded(mut cmd: std::process::Command) -> std::process::Output {
+    let child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn scopegate");
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(CLI_TIMEOUT) {
+        Ok(out) => out.expect("scopegate output"),
+        Err(_) => {
+            let _ = std::process::Command::new("kill").arg("-KILL").arg(pid.to_string()).status();
+            panic!("scopegate {cmd:?}: no exit within {CLI_TIMEOUT:?}")
+        }
+    }
+}
+
+/// Runs `cmd` (e.g. from [`binary_command`]) to its end with stdout and stderr captured and
+/// `stdin` fed to it, bounded by [`CLI_TIMEOUT`] (killed after that).
+pub async fn run_command(cmd: std::process::Command, stdin: Option<&[u8]>) -> std::process::Output {
+    use tokio::io::AsyncWriteExt as _;
+    let mut cmd = tokio::process::Command::from(cmd);
+    cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let what = format!("{:?}", cmd.as_std());
+    let run = async {
+        let mut child = cmd.spawn().expect("spawn scopegate");
+        if let Some(input) = stdin {
+            let mut pipe = child.stdin.take().expect("stdin pipe");
+            pipe.write_all(input).await.expect("write stdin");
+            drop(pipe);
+        }
+        child.wait_with_output().await.expect("wait for scopegate")
+    };
+    tokio::time::timeout(CLI_TIMEOUT, run).await.unwrap_or_else(|_| panic!("{what}: no exit within {CLI_TIMEOUT:?}"))
+}
+
+/// An `application/x-www-form-urlencoded` body of `pairs`.
+pub fn form(pairs: &[(&str, &str)]) -> String {
+    let mut s = form_urlencoded::Serializer::new(String::new());
+    for (k, v) in pairs {
+        s.append_pair(k, v);
+    }
+    s.finish()
+}
+
+fn drain(mut from: impl std::io::Read + Send + 'static, into: Arc<Mutex<Vec<u8>>>) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 8192];
+        while let Ok(n) = from.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            lock(&into).extend_from_slice(&buf[..n]);
+        }
+    })
+}
+
+/// The (data, admin) addresses of a "scopegate listening" line, JSON or text format.
+fn listening_line(line: &str) -> Option<(SocketAddr, Option<SocketAddr>)> {
+    let (addr, admin) = if let Ok(v) = serde_json::from_str::<Value>(line) {
+        if v["message"] != "scopegate listening" {
+            return None;
+        }
+        (v["addr"].as_str()?.to_string(), v["admin"].as_str().unwrap_or("None").to_string())
+    } else {
+        if !line.contains("scopegate listening") {
+            return None;
+        }
+        let field = |name: &str| {
+            line.split_whitespace().find_map(|w| w.strip_prefix(name)?.strip_prefix('=')).map(str::to_string)
+        };
+        (field("addr")?, field("admin").unwrap_or_else(|| "None".to_string()))
+    };
+    let admin = admin.strip_prefix("Some(").and_then(|a| a.strip_suffix(')')).and_then(|a| a.parse().ok());
+    Some((addr.parse().ok()?, admin))
+}
+
+/// A file's text, lossy; empty if it cannot be read.
+pub fn read_lossy(path: &Path) -> String {
+    std::fs::read(path).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default()
+}
+
+/// Creates `path` (and its parent directories) with `contents`.
+pub fn write_file(path: &Path, contents: &str) {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).unwrap_or_else(|e| panic!("{}: {e}", parent.display()));
+    }
+    std::fs::write(path, contents).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+}
+
+/// Writes `contents` to a hidden temp file next to `path`, then renames it over `path` (what
+/// editors do).
+pub fn replace_by_rename(path: &Path, contents: &str) {
+    let name = path.file_name().expect("a file name").to_string_lossy();
+    let tmp = path.with_file_name(format!(".{name}.tmp"));
+    write_file(&tmp, contents);
+    std::fs::rename(&tmp, path).unwrap_or_else(|e| panic!("rename onto {}: {e}", path.display()));
 }
