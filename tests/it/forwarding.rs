@@ -18,50 +18,16 @@ async fn bounded<F: std::future::Future>(secs: u64, fut: F) -> F::Output {
 
 /// A gateway.toml with the given extra `[server]` and `[auth]` keys, one issuer and `rest`.
 fn config(jwks_url: &str, server_extra: &str, auth_extra: &str, rest: &str) -> String {
-    format!(
-        r#"[server]
-listen = "127.0.0.1:0"
-{server_extra}
-
-[auth]
-{auth_extra}
-
-[[auth.issuers]]
-issuer = "{ISS}"
-jwks_uri = "{jwks_url}"
-algorithms = ["RS256"]
-
-{rest}
-"#
-    )
+    server_toml(server_extra) + &auth_toml(auth_extra) + &issuer_toml(ISS, &jwks_uri(jwks_url), &["RS256"], "") + rest
 }
 
-fn upstream_toml(name: &str, url: &str) -> String {
-    format!("\n[upstreams.{name}]\nurl = \"{url}\"\n")
-}
-
-fn route(path: &str, methods: &str, upstream: &str) -> String {
-    format!(
-        r#"
-[[routes]]
-path = "{path}"
-methods = {methods}
-scopes = ["API/book.get"]
-upstream = "{upstream}"
-"#
-    )
+/// A route to `upstream` needing `API/book.get`.
+fn route(path: &str, methods: &[&str], upstream: &str) -> String {
+    route_toml(path, methods, &[&scopes(&["API/book.get"]), &forward_to(upstream)])
 }
 
 fn public_route(path: &str, upstream: &str) -> String {
-    format!(
-        r#"
-[[routes]]
-path = "{path}"
-methods = ["GET"]
-auth = "none"
-upstream = "{upstream}"
-"#
-    )
+    route_toml(path, &["GET"], &[PUBLIC, &forward_to(upstream)])
 }
 
 /// Raw GET with `Connection: close` and the given extra header lines.
@@ -106,7 +72,7 @@ async fn client_identity_and_override_headers_are_replaced() {
         let rest = format!(
             "{}{}{}",
             upstream_toml("books", &env.books.url),
-            route("/book", r#"["GET"]"#, "books"),
+            route("/book", &["GET"], "books"),
             public_route("/public", "books"),
         );
         let gw = Gateway::start(&config(env.jwks_url(), "", "", &rest)).await;
@@ -173,7 +139,7 @@ async fn client_identity_and_override_headers_are_replaced() {
 async fn hop_by_hop_headers_are_not_forwarded_and_forwarded_headers_are_set() {
     bounded(30, async {
         let env = Env::new("fwd-k2").await;
-        let rest = format!("{}{}", upstream_toml("books", &env.books.url), route("/book", r#"["GET"]"#, "books"),);
+        let rest = format!("{}{}", upstream_toml("books", &env.books.url), route("/book", &["GET"], "books"),);
         let gw = Gateway::start(&config(env.jwks_url(), "", "", &rest)).await;
         let auth = format!("Bearer {}", env.token());
         let req = format!(
@@ -217,7 +183,7 @@ async fn hop_by_hop_headers_are_not_forwarded_and_forwarded_headers_are_set() {
 async fn request_id_is_generated_when_absent() {
     bounded(30, async {
         let env = Env::new("fwd-k3").await;
-        let rest = format!("{}{}", upstream_toml("books", &env.books.url), route("/book", r#"["GET"]"#, "books"),);
+        let rest = format!("{}{}", upstream_toml("books", &env.books.url), route("/book", &["GET"], "books"),);
         let gw = Gateway::start(&config(env.jwks_url(), "", "", &rest)).await;
         let auth = format!("Bearer {}", env.token());
         let mut ids = Vec::new();
@@ -245,7 +211,7 @@ async fn request_id_is_generated_when_absent() {
 async fn forward_token_false_strips_authorization() {
     bounded(30, async {
         let env = Env::new("fwd-k4").await;
-        let rest = format!("{}{}", upstream_toml("books", &env.books.url), route("/book", r#"["GET"]"#, "books"),);
+        let rest = format!("{}{}", upstream_toml("books", &env.books.url), route("/book", &["GET"], "books"),);
         let gw = Gateway::start(&config(env.jwks_url(), "", "forward_token = false", &rest)).await;
         let resp = get(&gw, "/book", Some(&env.token())).await;
         assert_eq!(resp.status, 200, "body {:?}", resp.body);
@@ -265,7 +231,7 @@ async fn forward_token_false_strips_authorization() {
 async fn identity_headers_false_sets_none() {
     bounded(30, async {
         let env = Env::new("fwd-k5").await;
-        let rest = format!("{}{}", upstream_toml("books", &env.books.url), route("/book", r#"["GET"]"#, "books"),);
+        let rest = format!("{}{}", upstream_toml("books", &env.books.url), route("/book", &["GET"], "books"),);
         let gw = Gateway::start(&config(env.jwks_url(), "", "identity_headers = false", &rest)).await;
         let auth = format!("Bearer {}", env.token());
         let resp = send(
@@ -292,7 +258,7 @@ async fn upstream_url_path_prefix_is_prepended() {
         let rest = format!(
             "{}{}",
             upstream_toml("books", &format!("http://127.0.0.1:{}/api", env.books.addr.port())),
-            route("/book", r#"["GET"]"#, "books"),
+            route("/book", &["GET"], "books"),
         );
         let gw = Gateway::start(&config(env.jwks_url(), "", "", &rest)).await;
         let token = env.token();
@@ -313,16 +279,13 @@ async fn upstream_url_path_prefix_is_prepended() {
 async fn unreachable_upstream_is_502_and_slow_upstream_is_504() {
     bounded(30, async {
         let env = Env::new("fwd-k7").await;
-        let dead_port = {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            l.local_addr().unwrap().port()
-        };
+        let (_dead, dead_addr) = refused_addr();
         let rest = format!(
             "{}{}{}{}",
             upstream_toml("books", &env.books.url),
-            upstream_toml("dead", &format!("http://127.0.0.1:{dead_port}")),
-            route("/book", r#"["GET"]"#, "dead"),
-            route("/slow", r#"["GET"]"#, "books"),
+            upstream_toml("dead", &format!("http://{dead_addr}")),
+            route("/book", &["GET"], "dead"),
+            route("/slow", &["GET"], "books"),
         );
         let gw = Gateway::start(&config(env.jwks_url(), r#"request_timeout = "500ms""#, "", &rest)).await;
         let token = env.token();
@@ -354,7 +317,7 @@ async fn unreachable_upstream_is_502_and_slow_upstream_is_504() {
 async fn http2_prior_knowledge_end_to_end() {
     bounded(30, async {
         let env = Env::new("fwd-k9").await;
-        let rest = format!("{}{}", upstream_toml("books", &env.books.url), route("/book", r#"["GET"]"#, "books"),);
+        let rest = format!("{}{}", upstream_toml("books", &env.books.url), route("/book", &["GET"], "books"),);
         let gw = Gateway::start(&config(env.jwks_url(), "", "", &rest)).await;
 
         let tcp = TcpStream::connect(gw.addr).await.unwrap();
@@ -454,7 +417,7 @@ async fn read_head(s: &mut TcpStream) -> (String, Vec<u8>) {
 async fn websocket_upgrade_passes_through_on_authorized_route() {
     bounded(30, async {
         let env = Env::new("fwd-k11").await;
-        let rest = format!("{}{}", upstream_toml("books", &env.books.url), route("/ws", r#"["GET"]"#, "books"),);
+        let rest = format!("{}{}", upstream_toml("books", &env.books.url), route("/ws", &["GET"], "books"),);
         let gw = Gateway::start(&config(env.jwks_url(), "", "", &rest)).await;
         let upgrade = |auth: Option<&str>| {
             let mut s = String::from(
@@ -525,7 +488,7 @@ async fn raw_tolerant(addr: SocketAddr, req: &[u8]) -> Vec<u8> {
 async fn oversized_request_head_is_431() {
     bounded(30, async {
         let env = Env::new("fwd-k12").await;
-        let rest = format!("{}{}", upstream_toml("books", &env.books.url), route("/book", r#"["GET"]"#, "books"),);
+        let rest = format!("{}{}", upstream_toml("books", &env.books.url), route("/book", &["GET"], "books"),);
         let gw = Gateway::start(&config(env.jwks_url(), "max_header_bytes = 8192", "", &rest)).await;
         let auth = format!("Bearer {}", env.token());
 
@@ -610,7 +573,7 @@ async fn upstream_connections_are_reused_and_closed_ones_replaced() {
         {
             let (addr, accepted, task) = counting_upstream(mode).await;
             let rest =
-                format!("{}{}", upstream_toml("raw", &format!("http://{addr}")), route("/book", r#"["GET"]"#, "raw"));
+                format!("{}{}", upstream_toml("raw", &format!("http://{addr}")), route("/book", &["GET"], "raw"));
             let gw = Gateway::start(&config(env.jwks_url(), "", "", &rest)).await;
             for i in 0..20 {
                 let r = get(&gw, "/book", Some(&token)).await;
@@ -641,7 +604,7 @@ async fn underscore_spellings_of_stripped_and_gateway_set_headers_do_not_reach_t
         let rest = format!(
             "{}{}{}",
             upstream_toml("books", &env.books.url),
-            route("/book", r#"["GET"]"#, "books"),
+            route("/book", &["GET"], "books"),
             public_route("/public", "books"),
         );
         let gw = Gateway::start(&config(env.jwks_url(), "", "", &rest)).await;
@@ -882,7 +845,7 @@ async fn every_connection_line_of_a_response_counts() {
 async fn a_token_header_named_like_a_stripped_family_follows_forward_token() {
     bounded(30, async {
         let env = Env::new("fwd-th").await;
-        let rest = format!("{}{}", upstream_toml("books", &env.books.url), route("/book", r#"["GET"]"#, "books"));
+        let rest = format!("{}{}", upstream_toml("books", &env.books.url), route("/book", &["GET"], "books"));
         let auth = format!("Bearer {}", env.token());
         let headers = [("X-Auth-Token", auth.as_str()), ("x_auth_token", "evil-token")];
         for (forward, want) in [("true", Some(auth.as_str())), ("false", None)] {

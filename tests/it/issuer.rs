@@ -48,54 +48,36 @@ fn alpha_hash() -> &'static str {
     HASH.get_or_init(|| scopegate::issuer::hash_secret(ALPHA_SECRET.as_bytes()).expect("hash_secret"))
 }
 
-/// One `[[issuer.clients]]` table; `secret_line` is `client_secret_hash = ...` or `client_secret = ...`.
-fn client(id: &str, secret_line: &str, scopes: &[&str]) -> String {
-    format!(
-        "[[issuer.clients]]\nclient_id = {}\n{secret_line}\nallowed_scopes = {}\n\n",
-        toml_str(id),
-        toml_list(scopes)
-    )
-}
-
 fn alpha() -> String {
-    client("alpha", &format!("client_secret_hash = {}", toml_str(alpha_hash())), &ALPHA_SCOPES)
+    client_toml("alpha", &format!("client_secret_hash = {}", toml_str(alpha_hash())), &ALPHA_SCOPES)
 }
 
 fn beta() -> String {
-    client("beta", &format!("client_secret = {}", toml_str(BETA_SECRET)), &BETA_SCOPES)
+    client_toml("beta", &format!("client_secret = {}", toml_str(BETA_SECRET)), &BETA_SCOPES)
 }
 
 /// A mock `[[routes]]` table answering `body`.
 fn mock_route(path: &str, method: &str, scope: &str, body: &str) -> String {
-    format!(
-        "[[routes]]\npath = {}\nmethods = [{}]\nscopes = [{}]\nresponse = {{ status = 200, content_type = \"application/json\", body = {} }}\n\n",
-        toml_str(path),
-        toml_str(method),
-        toml_str(scope),
-        toml_str(body)
-    )
+    route_toml(path, &[method], &[&scopes(&[scope]), &mock_response("application/json", body)])
 }
 
 /// A complete gateway.toml: listener on 127.0.0.1:0, the built-in issuer ([`ISSUER`], [`TTL`],
 /// resource server `API` with `book.get book.post user.get user.post`, `issuer_extra` lines such
 /// as `signing_key = ...`), the `clients` tables, and the mock routes `GET /book`, `POST /book`
 /// and `GET /user`, each needing its scope.
-fn issuer_toml(issuer_extra: &str, clients: &[String]) -> String {
-    format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\n\n[issuer]\nissuer = {}\ntoken_ttl = \"{TTL}s\"\n{issuer_extra}\n\n\
-         [[issuer.resource_servers]]\nidentifier = \"API\"\nscopes = [\"book.get\", \"book.post\", \"user.get\", \"user.post\"]\n\n\
-         {}{}{}{}",
-        toml_str(ISSUER),
-        clients.concat(),
-        mock_route("/book", "GET", "API/book.get", BOOK_GET),
-        mock_route("/book", "POST", "API/book.post", BOOK_POST),
-        mock_route("/user", "GET", "API/user.get", USER_GET),
-    )
+fn builtin_toml(issuer_extra: &str, clients: &[String]) -> String {
+    server_toml("")
+        + &builtin_issuer_toml(ISSUER, &format!("token_ttl = \"{TTL}s\"\n{issuer_extra}"))
+        + &resource_server_toml("API", &["book.get", "book.post", "user.get", "user.post"])
+        + &clients.concat()
+        + &mock_route("/book", "GET", "API/book.get", BOOK_GET)
+        + &mock_route("/book", "POST", "API/book.post", BOOK_POST)
+        + &mock_route("/user", "GET", "API/user.get", USER_GET)
 }
 
 /// The usual config: generated key, clients `alpha` (hashed secret) and `beta` (plain secret).
 fn default_toml() -> String {
-    issuer_toml("", &[alpha(), beta()])
+    builtin_toml("", &[alpha(), beta()])
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -669,8 +651,8 @@ async fn removed_client_gets_invalid_client_after_reload() {
 
     // beta goes; alpha is granted user.get as well.
     let scopes = ["API/book.get", "API/book.post", "API/user.get"];
-    let alpha_more = client("alpha", &format!("client_secret_hash = {}", toml_str(alpha_hash())), &scopes);
-    live.write("gateway.toml", &issuer_toml("", &[alpha_more]));
+    let alpha_more = client_toml("alpha", &format!("client_secret_hash = {}", toml_str(alpha_hash())), &scopes);
+    live.write("gateway.toml", &builtin_toml("", &[alpha_more]));
     live.reload().await.unwrap_or_else(|e| panic!("reload rejected the new config: {e}"));
 
     for (what, r) in [
@@ -704,7 +686,7 @@ async fn removed_client_is_refused_once_the_watcher_reloads() {
     fetch_token(a, "beta", BETA_SECRET, None).await;
     let path = gw.config_path();
     let tmp = gw.dir.path().join(".gateway.toml.tmp");
-    std::fs::write(&tmp, issuer_toml("", &[alpha()])).expect("write config");
+    std::fs::write(&tmp, builtin_toml("", &[alpha()])).expect("write config");
     std::fs::rename(&tmp, &path).expect("rename config");
 
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
@@ -728,7 +710,7 @@ async fn removed_client_is_refused_once_the_watcher_reloads() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rsa_signing_key_file_and_token_command() {
     let key = rsa_key();
-    let toml = issuer_toml("signing_key = \"keys/issuer.pem\"", &[alpha(), beta()]);
+    let toml = builtin_toml("signing_key = \"keys/issuer.pem\"", &[alpha(), beta()]);
     let gw = Gateway::start_with_files(&toml, &[("keys/issuer.pem", &key.pem)]).await;
     let a = gw.addr;
 
@@ -782,12 +764,8 @@ async fn rsa_signing_key_file_and_token_command() {
 async fn token_command_needs_an_issuer_with_a_signing_key() {
     let dir = tempfile::tempdir().expect("tempdir");
     let no_issuer = dir.path().join("no-issuer.toml");
-    std::fs::write(
-        &no_issuer,
-        "[server]\nlisten = \"127.0.0.1:0\"\n\n[[routes]]\npath = \"/\"\nauth = \"none\"\n\
-         response = { status = 200, content_type = \"text/plain\", body = \"ok\" }\n",
-    )
-    .expect("write config");
+    std::fs::write(&no_issuer, server_toml("") + &route_toml("/", &[], &[PUBLIC, &mock_response("text/plain", "ok")]))
+        .expect("write config");
     let p = no_issuer.to_str().expect("utf-8 path");
     // The config itself is fine...
     let out = scopegate(&["check", "--config", p], None).await;
@@ -817,7 +795,7 @@ async fn token_command_needs_an_issuer_with_a_signing_key() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ec_p256_signing_key_gives_es256_tokens() {
     let key = ec_p256_key();
-    let toml = issuer_toml("signing_key = \"keys/ec.pem\"", &[alpha(), beta()]);
+    let toml = builtin_toml("signing_key = \"keys/ec.pem\"", &[alpha(), beta()]);
     let gw = Gateway::start_with_files(&toml, &[("keys/ec.pem", &key.pem)]).await;
     let a = gw.addr;
 
@@ -850,7 +828,7 @@ async fn ec_p256_signing_key_gives_es256_tokens() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ec_p384_signing_key_gives_es384_tokens() {
     let key = ec_p384_key();
-    let toml = issuer_toml("signing_key = \"keys/ec384.pem\"", &[alpha()]);
+    let toml = builtin_toml("signing_key = \"keys/ec384.pem\"", &[alpha()]);
     let gw = Gateway::start_with_files(&toml, &[("keys/ec384.pem", &key.pem)]).await;
     let a = gw.addr;
     let t = fetch_token(a, "alpha", ALPHA_SECRET, None).await;
@@ -873,7 +851,7 @@ async fn ec_p384_signing_key_gives_es384_tokens() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rotated_signing_key_keeps_the_old_key_published() {
     let (old, new) = (rsa_key(), rsa_key());
-    let toml = issuer_toml("signing_key = \"keys/issuer.pem\"", &[alpha()]);
+    let toml = builtin_toml("signing_key = \"keys/issuer.pem\"", &[alpha()]);
     let live = Gateway::start_with_files(&toml, &[("keys/issuer.pem", &old.pem)]).await;
     let a = live.addr;
     let before = fetch_token(a, "alpha", ALPHA_SECRET, None).await;
@@ -911,7 +889,7 @@ async fn rotated_signing_key_keeps_the_old_key_published() {
 async fn rotation_to_another_key_type_keeps_old_tokens_valid() {
     let (rsa, ec) = (rsa_key(), ec_p256_key());
     let live = Gateway::start_with_files(
-        &issuer_toml("signing_key = \"keys/rsa.pem\"", &[alpha()]),
+        &builtin_toml("signing_key = \"keys/rsa.pem\"", &[alpha()]),
         &[("keys/rsa.pem", &rsa.pem), ("keys/ec.pem", &ec.pem)],
     )
     .await;
@@ -919,7 +897,7 @@ async fn rotation_to_another_key_type_keeps_old_tokens_valid() {
     let before = fetch_token(a, "alpha", ALPHA_SECRET, None).await;
     assert_eq!(decode(&before).0["alg"], json!("RS256"));
 
-    live.write("gateway.toml", &issuer_toml("signing_key = \"keys/ec.pem\"", &[alpha()]));
+    live.write("gateway.toml", &builtin_toml("signing_key = \"keys/ec.pem\"", &[alpha()]));
     live.reload().await.unwrap_or_else(|e| panic!("reload rejected the new config: {e}"));
 
     let after = fetch_token(a, "alpha", ALPHA_SECRET, None).await;
@@ -938,7 +916,7 @@ async fn rotation_to_another_key_type_keeps_old_tokens_valid() {
 async fn retired_key_leaves_the_jwks_after_token_ttl() {
     let (old, new) = (rsa_key(), rsa_key());
     let ttl = format!("token_ttl = \"{TTL}s\"");
-    let toml = issuer_toml("signing_key = \"keys/issuer.pem\"", &[alpha()]).replace(&ttl, "token_ttl = \"3s\"");
+    let toml = builtin_toml("signing_key = \"keys/issuer.pem\"", &[alpha()]).replace(&ttl, "token_ttl = \"3s\"");
     assert!(toml.contains("token_ttl = \"3s\""), "{toml}");
     let live = Gateway::start_with_files(&toml, &[("keys/issuer.pem", &old.pem)]).await;
     let a = live.addr;
@@ -986,10 +964,10 @@ async fn hash_secret_command() {
     assert!(out3.stdout.is_empty(), "{}", show(&out3));
 
     let clients = [
-        client("svc", &format!("client_secret_hash = {}", toml_str(hash)), &["API/book.get"]),
-        client("svc2", &format!("client_secret_hash = {}", toml_str(&hash2)), &["API/book.get"]),
+        client_toml("svc", &format!("client_secret_hash = {}", toml_str(hash)), &["API/book.get"]),
+        client_toml("svc2", &format!("client_secret_hash = {}", toml_str(&hash2)), &["API/book.get"]),
     ];
-    let toml = issuer_toml("", &clients);
+    let toml = builtin_toml("", &clients);
     // The config validates with the binary too.
     let dir = tempfile::tempdir().expect("tempdir");
     let cfg = dir.path().join("gateway.toml");
@@ -1157,7 +1135,7 @@ async fn pyjwt_verifies_a_minted_token() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pyjwt_verifies_an_es256_token() {
     let key = ec_p256_key();
-    let toml = issuer_toml("signing_key = \"keys/ec.pem\"", &[alpha()]);
+    let toml = builtin_toml("signing_key = \"keys/ec.pem\"", &[alpha()]);
     let gw = Gateway::start_with_files(&toml, &[("keys/ec.pem", &key.pem)]).await;
     let token = fetch_token(gw.addr, "alpha", ALPHA_SECRET, Some("API/book.get")).await;
     let jwks = send(&gw, "GET", "/.well-known/jwks.json", &[], "").await;
@@ -1208,13 +1186,11 @@ fn flood_answer(r: &Resp, what: &str) -> bool {
 async fn token_flood_keeps_memory_flat_and_known_clients_served() {
     const WORKERS: usize = 64;
     const FLOOD_FOR: Duration = Duration::from_secs(4);
-    let toml = format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\n\n[issuer]\nissuer = {}\ntoken_ttl = \"{TTL}s\"\n\n\
-         [[issuer.resource_servers]]\nidentifier = \"API\"\nscopes = [\"book.get\", \"book.post\", \"user.get\"]\n\n{}{}",
-        toml_str(ISSUER),
-        alpha(),
-        beta(),
-    );
+    let toml = server_toml("")
+        + &builtin_issuer_toml(ISSUER, &format!("token_ttl = \"{TTL}s\""))
+        + &resource_server_toml("API", &["book.get", "book.post", "user.get"])
+        + &alpha()
+        + &beta();
     // Only warnings, as before the harness read the address: plus the "listening" line.
     let p = Binary::options(&toml)
         .rust_log("warn,scopegate=info,scopegate::access=warn,scopegate::issuer=warn")
@@ -1298,7 +1274,7 @@ fn mint_with(key: &PemKey, jti: &str) -> String {
 async fn retired_signing_key_stops_verifying_when_it_leaves_the_jwks() {
     let (old, new) = (rsa_key(), rsa_key());
     let ttl = format!("token_ttl = \"{TTL}s\"");
-    let toml = issuer_toml("signing_key = \"keys/issuer.pem\"", &[alpha()]).replace(&ttl, "token_ttl = \"3s\"");
+    let toml = builtin_toml("signing_key = \"keys/issuer.pem\"", &[alpha()]).replace(&ttl, "token_ttl = \"3s\"");
     assert!(toml.contains("token_ttl = \"3s\""), "{toml}");
     let live = Gateway::start_with_files(&toml, &[("keys/issuer.pem", &old.pem)]).await;
     let a = live.addr;

@@ -2,9 +2,9 @@
 //! `/healthz` and `/readyz`; SIGTERM / SIGINT on the real binary; TLS with ALPN and certificate
 //! rotation; and the JSON access log.
 //!
-//! Library-level tests run `scopegate::Server` directly (the shared `Gateway` harness does not
-//! expose the admin address); process-level tests run the built binary under a guard that kills
-//! it on drop. Every wait is bounded.
+//! Library-level tests run `scopegate::Server` through the shared `Gateway` harness (with its
+//! admin listener); process-level tests run the built binary through the shared `Binary`
+//! harness, which kills it on drop. Every wait is bounded.
 
 use crate::common::*;
 
@@ -141,12 +141,10 @@ async fn metrics_count_a_known_mix_of_traffic_by_template_and_reason() {
     let impostor = TestKey::generate(Algorithm::RS256, "k1"); // same kid, other key
     let jwks = JwksServer::start(vec![key.jwk(), spare.jwk()]).await;
     let upstream = Upstream::start("books").await;
-    let toml = format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\n{}{}{}",
-        issuer_toml(ISS, &jwks_uri(&jwks.url), &["RS256"], ""),
-        upstream_toml("books", &upstream.url),
-        jwt_route("/book"),
-    );
+    let toml = server_admin_toml("")
+        + &issuer_toml(ISS, &jwks_uri(&jwks.url), &["RS256"], "")
+        + &upstream_toml("books", &upstream.url)
+        + &jwt_route("/book");
     let gw = Gateway::start(&toml).await;
 
     let good = key.sign(&claims(ISS, "client-1", SCOPE));
@@ -209,30 +207,16 @@ async fn metrics_count_a_known_mix_of_traffic_by_template_and_reason() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_issued_tokens_and_config_reloads() {
-    let toml = r#"[server]
-listen = "127.0.0.1:0"
-admin_listen = "127.0.0.1:0"
-
-[issuer]
-issuer = "http://scopegate.test"
-token_ttl = "1h"
-
-[[issuer.resource_servers]]
-identifier = "API"
-scopes = ["book.get", "book.post"]
-
-[[issuer.clients]]
-client_id = "demo"
-client_secret = "demo-secret"
-allowed_scopes = ["API/book.get", "API/book.post"]
-
-[[routes]]
-path = "/book"
-methods = ["GET"]
-scopes = ["API/book.get"]
-response = { status = 200, content_type = "application/json", body = '{"ok":true}' }
-"#;
-    let gw = Gateway::start(toml).await;
+    let toml = server_admin_toml("")
+        + &builtin_issuer_toml("http://scopegate.test", "token_ttl = \"1h\"")
+        + &resource_server_toml("API", &["book.get", "book.post"])
+        + &client_toml("demo", "client_secret = \"demo-secret\"", &["API/book.get", "API/book.post"])
+        + &route_toml(
+            "/book",
+            &["GET"],
+            &[&scopes(&["API/book.get"]), &mock_response("application/json", r#"{"ok":true}"#)],
+        );
+    let gw = Gateway::start(&toml).await;
     let form = [("content-type", "application/x-www-form-urlencoded")];
     let mut token = String::new();
     for _ in 0..2 {
@@ -292,13 +276,11 @@ async fn readyz_follows_keys_and_draining() {
     let jwks = JwksServer::start(vec![key.jwk()]).await;
     jwks.set_raw(500, r#"{"error":"down"}"#);
     let upstream = Upstream::start("books").await;
-    let toml = format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nshutdown_grace = \"5s\"\n\n{}{}{}{}",
-        issuer_toml(ISS, &jwks_uri(&jwks.url), &["RS256"], "refresh = \"1s\""),
-        upstream_toml("books", &upstream.url),
-        jwt_route("/book"),
-        public_route("/slow"),
-    );
+    let toml = server_admin_toml("shutdown_grace = \"5s\"")
+        + &issuer_toml(ISS, &jwks_uri(&jwks.url), &["RS256"], "refresh = \"1s\"")
+        + &upstream_toml("books", &upstream.url)
+        + &jwt_route("/book")
+        + &public_route("/slow");
     let gw = Gateway::start(&toml).await;
 
     let health = admin_get(gw.admin_addr(), "/healthz").await;
@@ -499,13 +481,11 @@ impl Drop for H1 {
 }
 
 fn tls_toml(jwks_url: &str, upstream: &Upstream) -> String {
-    format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nheader_read_timeout = \"60s\"\n\n\
-         [server.tls]\ncert = \"cert.pem\"\nkey = \"key.pem\"\n\n{}{}{}",
-        issuer_toml(ISS, &jwks_uri(jwks_url), &["RS256"], ""),
-        upstream_toml("books", &upstream.url),
-        jwt_route("/book"),
-    )
+    server_admin_toml("header_read_timeout = \"60s\"")
+        + "[server.tls]\ncert = \"cert.pem\"\nkey = \"key.pem\"\n\n"
+        + &issuer_toml(ISS, &jwks_uri(jwks_url), &["RS256"], "")
+        + &upstream_toml("books", &upstream.url)
+        + &jwt_route("/book")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

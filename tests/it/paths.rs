@@ -16,16 +16,8 @@ fn raw_request(target: &str, token: &str) -> Vec<u8> {
 }
 
 /// A mock route answering `body` as text/plain, public.
-fn mock_route(path: &str, methods: &str, body: &str) -> String {
-    format!(
-        r#"
-[[routes]]
-path = "{path}"
-methods = {methods}
-auth = "none"
-response = {{ status = 200, content_type = "text/plain", body = "{body}" }}
-"#
-    )
+fn mock_route(path: &str, methods: &[&str], body: &str) -> String {
+    route_toml(path, methods, &[PUBLIC, &mock_response("text/plain", body)])
 }
 
 /// Finds `NAME:LINE:COL` in an error text and returns (LINE, COL).
@@ -331,9 +323,9 @@ async fn allow_header_lists_all_methods_of_the_path() {
         let key = TestKey::generate(Algorithm::RS256, "paths-k2");
         let jwks = JwksServer::start(vec![key.jwk()]).await;
         let mut toml = base_toml(ISS, &jwks.url, &["RS256"]);
-        toml.push_str(&mock_route("/multi", r#"["GET", "POST"]"#, "multi"));
-        toml.push_str(&mock_route("/split", r#"["GET"]"#, "split-get"));
-        toml.push_str(&mock_route("/split", r#"["PUT"]"#, "split-put"));
+        toml.push_str(&mock_route("/multi", &["GET", "POST"], "multi"));
+        toml.push_str(&mock_route("/split", &["GET"], "split-get"));
+        toml.push_str(&mock_route("/split", &["PUT"], "split-put"));
         let gw = Gateway::start(&toml).await;
 
         for (path, want) in [("/multi", vec!["GET", "POST"]), ("/split", vec!["GET", "PUT"])] {
@@ -365,16 +357,16 @@ async fn literal_beats_param_beats_proxy_and_explicit_method_beats_any() {
         let jwks = JwksServer::start(vec![key.jwk()]).await;
         let mut toml = base_toml(ISS, &jwks.url, &["RS256"]);
         // Declared least specific first, so file order cannot be what decides.
-        toml.push_str(&mock_route("/a/{rest+}", r#"["GET"]"#, "proxy"));
-        toml.push_str(&mock_route("/a/{x}", r#"["GET"]"#, "param"));
-        toml.push_str(&mock_route("/a/b", r#"["GET"]"#, "literal"));
-        toml.push_str(&mock_route("/a/d", r#"["POST"]"#, "literal-post"));
-        toml.push_str(&mock_route("/p/{rest+}", r#"["ANY"]"#, "p-proxy"));
-        toml.push_str(&mock_route("/m", r#"["ANY"]"#, "m-any"));
-        toml.push_str(&mock_route("/m", r#"["GET"]"#, "m-get"));
-        toml.push_str(&mock_route("/n/{id}", r#"["ANY"]"#, "n-any"));
-        toml.push_str(&mock_route("/n/{id}", r#"["POST"]"#, "n-post"));
-        toml.push_str(&mock_route("/", r#"["GET"]"#, "root"));
+        toml.push_str(&mock_route("/a/{rest+}", &["GET"], "proxy"));
+        toml.push_str(&mock_route("/a/{x}", &["GET"], "param"));
+        toml.push_str(&mock_route("/a/b", &["GET"], "literal"));
+        toml.push_str(&mock_route("/a/d", &["POST"], "literal-post"));
+        toml.push_str(&mock_route("/p/{rest+}", &["ANY"], "p-proxy"));
+        toml.push_str(&mock_route("/m", &["ANY"], "m-any"));
+        toml.push_str(&mock_route("/m", &["GET"], "m-get"));
+        toml.push_str(&mock_route("/n/{id}", &["ANY"], "n-any"));
+        toml.push_str(&mock_route("/n/{id}", &["POST"], "n-post"));
+        toml.push_str(&mock_route("/", &["GET"], "root"));
         let gw = Gateway::start(&toml).await;
 
         let cases: &[(&str, &str, u16, &str)] = &[
@@ -425,16 +417,18 @@ async fn overlapping_routes_with_equal_specificity_are_rejected_at_load() {
         let jwks = JwksServer::start(vec![key.jwk()]).await;
         let base = base_toml(ISS, &jwks.url, &["RS256"]);
 
-        let conflicts: &[(&str, [(&str, &str); 2])] = &[
-            ("same shape, same method", [("/a/{x}", r#"["GET"]"#), ("/a/{y}", r#"["GET"]"#)]),
-            ("two ANY", [("/z", r#"["ANY"]"#), ("/z", r#"["ANY"]"#)]),
-            ("same literal, same method", [("/lit", r#"["GET"]"#), ("/lit", r#"["GET", "POST"]"#)]),
-            ("overlapping method sets", [("/q/{x}", r#"["GET", "POST"]"#), ("/q/{y}", r#"["POST"]"#)]),
-            ("two proxies", [("/r/{a+}", r#"["ANY"]"#), ("/r/{b+}", r#"["ANY"]"#)]),
+        /// (path, methods) of one route.
+        type Route<'a> = (&'a str, &'a [&'a str]);
+        let conflicts: &[(&str, [Route; 2])] = &[
+            ("same shape, same method", [("/a/{x}", &["GET"]), ("/a/{y}", &["GET"])]),
+            ("two ANY", [("/z", &["ANY"]), ("/z", &["ANY"])]),
+            ("same literal, same method", [("/lit", &["GET"]), ("/lit", &["GET", "POST"])]),
+            ("overlapping method sets", [("/q/{x}", &["GET", "POST"]), ("/q/{y}", &["POST"])]),
+            ("two proxies", [("/r/{a+}", &["ANY"]), ("/r/{b+}", &["ANY"])]),
         ];
         for (what, routes) in conflicts {
             let mut toml = base.clone();
-            toml.push_str(&mock_route("/unrelated", r#"["GET"]"#, "u"));
+            toml.push_str(&mock_route("/unrelated", &["GET"], "u"));
             for (path, methods) in routes {
                 toml.push_str(&mock_route(path, methods, "c"));
             }
@@ -460,9 +454,9 @@ async fn overlapping_routes_with_equal_specificity_are_rejected_at_load() {
 
         // Same shape with disjoint methods is fine, and each method reaches its route.
         let mut toml = base.clone();
-        toml.push_str(&mock_route("/a/{x}", r#"["GET"]"#, "get-x"));
-        toml.push_str(&mock_route("/a/{y}", r#"["POST"]"#, "post-y"));
-        toml.push_str(&mock_route("/a/{z}", r#"["ANY"]"#, "any-z"));
+        toml.push_str(&mock_route("/a/{x}", &["GET"], "get-x"));
+        toml.push_str(&mock_route("/a/{y}", &["POST"], "post-y"));
+        toml.push_str(&mock_route("/a/{z}", &["ANY"], "any-z"));
         let gw = match Gateway::try_start(&toml).await {
             Ok(gw) => gw,
             Err(e) => panic!("disjoint methods rejected: {e}\n{toml}"),

@@ -14,12 +14,10 @@ const UPGRADE: &str = "GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConn
 const PING: &[u8] = b"GET /ping HTTP/1.1\r\nHost: x\r\n\r\n";
 
 fn config(server: &str, upstream_url: &str) -> String {
-    format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\n{server}\n\n\
-         [upstreams.echo]\nurl = \"{upstream_url}\"\n\n\
-         [[routes]]\npath = \"/ws\"\nauth = \"none\"\nupstream = \"echo\"\n\n\
-         [[routes]]\npath = \"/ping\"\nauth = \"none\"\nresponse = {{ status = 200, body = 'pong' }}\n"
-    )
+    server_toml(server)
+        + &upstream_toml("echo", upstream_url)
+        + &route_toml("/ws", &[], &[PUBLIC, &forward_to("echo")])
+        + &route_toml("/ping", &[], &[PUBLIC, &response_line(200, "", "pong")])
 }
 
 async fn bounded<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {

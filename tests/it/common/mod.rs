@@ -276,6 +276,15 @@ impl Drop for ServerTask {
     }
 }
 
+/// A 127.0.0.1 address that refuses connections for as long as the returned socket lives: it
+/// is bound (so nothing else can take the port meanwhile) and never listens.
+pub fn refused_addr() -> (tokio::net::TcpSocket, SocketAddr) {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.bind("127.0.0.1:0".parse().expect("addr")).expect("bind 127.0.0.1:0");
+    let addr = socket.local_addr().expect("local_addr");
+    (socket, addr)
+}
+
 /// Binds 127.0.0.1:0.
 pub async fn bind_local() -> (TcpListener, SocketAddr) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1:0");
@@ -770,12 +779,7 @@ impl Gateway {
 /// `issuer`, `jwks_uri` and `algorithms`. The issuer table is left open, so lines appended right
 /// after it (e.g. `audiences = [...]`) extend it; then tests append `[upstreams.*]` and `[[routes]]`.
 pub fn base_toml(iss: &str, jwks_url: &str, algs: &[&str]) -> String {
-    format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\n\n[[auth.issuers]]\nissuer = {}\njwks_uri = {}\nalgorithms = {}\n",
-        toml_str(iss),
-        toml_str(jwks_url),
-        toml_list(algs),
-    )
+    server_toml("") + &issuer_toml(iss, &jwks_uri(jwks_url), algs, "")
 }
 
 /// A TOML basic string literal.
@@ -829,10 +833,38 @@ pub fn upstream_toml(name: &str, url: &str) -> String {
     format!("[upstreams.{name}]\nurl = {}\n\n", toml_str(url))
 }
 
-/// One `[[routes]]` table: `path`, `methods`, then `lines` (e.g. [`forward_to`], [`scopes`],
-/// [`PUBLIC`], [`mock_response`]).
+/// `[auth]` with `lines`.
+pub fn auth_toml(lines: &str) -> String {
+    format!("[auth]\n{lines}\n\n")
+}
+
+/// The built-in issuer: `[issuer]` named `issuer`, with `lines` (`token_ttl`, `signing_key`, ...).
+pub fn builtin_issuer_toml(issuer: &str, lines: &str) -> String {
+    format!("[issuer]\nissuer = {}\n{lines}\n\n", toml_str(issuer))
+}
+
+/// One `[[issuer.resource_servers]]` of the built-in issuer.
+pub fn resource_server_toml(identifier: &str, scopes: &[&str]) -> String {
+    format!("[[issuer.resource_servers]]\nidentifier = {}\nscopes = {}\n\n", toml_str(identifier), toml_list(scopes))
+}
+
+/// One `[[issuer.clients]]` of the built-in issuer; `secret_line` is `client_secret_hash = ...`
+/// or `client_secret = ...`.
+pub fn client_toml(id: &str, secret_line: &str, allowed_scopes: &[&str]) -> String {
+    format!(
+        "[[issuer.clients]]\nclient_id = {}\n{secret_line}\nallowed_scopes = {}\n\n",
+        toml_str(id),
+        toml_list(allowed_scopes)
+    )
+}
+
+/// One `[[routes]]` table: `path`, `methods` (none: the line is left out), then `lines` (e.g.
+/// [`forward_to`], [`scopes`], [`PUBLIC`], [`mock_response`]).
 pub fn route_toml(path: &str, methods: &[&str], lines: &[&str]) -> String {
-    let mut out = format!("[[routes]]\npath = {}\nmethods = {}\n", toml_str(path), toml_list(methods));
+    let mut out = format!("[[routes]]\npath = {}\n", toml_str(path));
+    if !methods.is_empty() {
+        out.push_str(&format!("methods = {}\n", toml_list(methods)));
+    }
     for line in lines {
         out.push_str(line);
         out.push('\n');
@@ -856,7 +888,15 @@ pub fn scopes(any_of: &[&str]) -> String {
 
 /// A route line: answer 200 with `body` as `content_type` (a mock integration).
 pub fn mock_response(content_type: &str, body: &str) -> String {
-    format!("response = {{ status = 200, content_type = {}, body = {} }}", toml_str(content_type), toml_str(body))
+    response_line(200, content_type, body)
+}
+
+/// A route line: answer `status` with `body` (a mock integration); an empty `content_type`
+/// leaves it at its default.
+pub fn response_line(status: u16, content_type: &str, body: &str) -> String {
+    let content_type =
+        if content_type.is_empty() { String::new() } else { format!(", content_type = {}", toml_str(content_type)) };
+    format!("response = {{ status = {status}{content_type}, body = {} }}", toml_str(body))
 }
 
 // ---------------------------------------------------------------------------------------------
