@@ -18,10 +18,6 @@ use hyper::body::Frame;
 
 const MIB: u64 = 1024 * 1024;
 
-async fn bounded<F: std::future::Future>(secs: u64, fut: F) -> F::Output {
-    tokio::time::timeout(Duration::from_secs(secs), fut).await.expect("test timed out")
-}
-
 fn vm_rss_kib() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
     status
@@ -74,7 +70,7 @@ fn generated_body(total: u64) -> ClientBody {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_bodies_stream_both_ways_without_buffering() {
-    bounded(240, async {
+    bounded(240, "test", async {
         let key = TestKey::generate(Algorithm::RS256, "fwd-k8");
         let jwks = JwksServer::start(vec![key.jwk()]).await;
         let books = Upstream::start("books").await;

@@ -74,56 +74,17 @@ fn assert_decision(
 async fn access_line_explains_every_decision_without_tokens_or_secrets() {
     let key = TestKey::generate(Algorithm::RS256, "log-k1");
     let jwks = JwksServer::start(vec![key.jwk()]).await;
-    let toml = format!(
-        r#"[server]
-listen = "127.0.0.1:0"
-
-[log]
-format = "json"
-
-[auth]
-scope_failure_status = 403
-
-[[auth.issuers]]
-issuer = {iss}
-jwks_uri = {jwks}
-algorithms = ["RS256"]
-
-[issuer]
-issuer = {builtin}
-
-[[issuer.resource_servers]]
-identifier = "API"
-scopes = ["book.get", "book.list", "admin", "audit"]
-
-[[issuer.clients]]
-client_id = "demo"
-client_secret = {secret}
-allowed_scopes = ["API/book.get"]
-
-[[routes]]
-path = "/book"
-methods = ["GET"]
-scopes = ["API/book.get", "API/book.list"]
-response = {{ status = 200, content_type = "application/json", body = '{{"ok":true}}' }}
-
-[[routes]]
-path = "/admin"
-methods = ["GET"]
-scopes_all = ["API/admin", "API/audit"]
-response = {{ status = 200, content_type = "application/json", body = '{{"ok":true}}' }}
-
-[[routes]]
-path = "/public"
-methods = ["GET"]
-auth = "none"
-response = {{ status = 200, content_type = "application/json", body = '{{"ok":true}}' }}
-"#,
-        iss = toml_str(ISS),
-        jwks = toml_str(&jwks.url),
-        builtin = toml_str(BUILTIN),
-        secret = toml_str(SECRET),
-    );
+    let ok = mock_response("application/json", r#"{"ok":true}"#);
+    let toml = server_toml("")
+        + "[log]\nformat = \"json\"\n\n"
+        + &auth_toml("scope_failure_status = 403")
+        + &issuer_toml(ISS, &jwks_uri(&jwks.url), &["RS256"], "")
+        + &builtin_issuer_toml(BUILTIN, "")
+        + &resource_server_toml("API", &["book.get", "book.list", "admin", "audit"])
+        + &client_toml("demo", &format!("client_secret = {}", toml_str(SECRET)), &["API/book.get"])
+        + &route_toml("/book", &["GET"], &[&scopes(&["API/book.get", "API/book.list"]), &ok])
+        + &route_toml("/admin", &["GET"], &[r#"scopes_all = ["API/admin", "API/audit"]"#, &ok])
+        + &route_toml("/public", &["GET"], &[PUBLIC, &ok]);
     let mut p = Binary::start(&toml).await;
     let mut tokens = Vec::new();
 

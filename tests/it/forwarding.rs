@@ -12,10 +12,6 @@ use http_body_util::{BodyExt, Empty};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-async fn bounded<F: std::future::Future>(secs: u64, fut: F) -> F::Output {
-    tokio::time::timeout(Duration::from_secs(secs), fut).await.expect("test timed out")
-}
-
 /// A gateway.toml with the given extra `[server]` and `[auth]` keys, one issuer and `rest`.
 fn config(jwks_url: &str, server_extra: &str, auth_extra: &str, rest: &str) -> String {
     server_toml(server_extra) + &auth_toml(auth_extra) + &issuer_toml(ISS, &jwks_uri(jwks_url), &["RS256"], "") + rest
@@ -67,7 +63,7 @@ fn x_auth_headers(r: &Received) -> Vec<(String, String)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_identity_and_override_headers_are_replaced() {
-    bounded(30, async {
+    bounded(30, "test", async {
         let env = Env::new("fwd-k1").await;
         let rest = format!(
             "{}{}{}",
@@ -137,7 +133,7 @@ async fn client_identity_and_override_headers_are_replaced() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hop_by_hop_headers_are_not_forwarded_and_forwarded_headers_are_set() {
-    bounded(30, async {
+    bounded(30, "test", async {
         let env = Env::new("fwd-k2").await;
         let rest = format!("{}{}", upstream_toml("books", &env.books.url), route("/book", &["GET"], "books"),);
         let gw = Gateway::start(&config(env.jwks_url(), "", "", &rest)).await;
@@ -181,7 +177,7 @@ async fn hop_by_hop_headers_are_not_forwarded_and_forwarded_headers_are_set() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_id_is_generated_when_absent() {
-    bounded(30, async {
+    bounded(30, "test", async {
         let env = Env::new("fwd-k3").await;
         let rest = format!("{}{}", upstream_toml("books", &env.books.url), route("/book", &["GET"], "books"),);
         let gw = Gateway::start(&config(env.jwks_url(), "", "", &rest)).await;
@@ -209,7 +205,7 @@ async fn request_id_is_generated_when_absent() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forward_token_false_strips_authorization() {
-    bounded(30, async {
+    bounded(30, "test", async {
         let env = Env::new("fwd-k4").await;
         let rest = format!("{}{}", upstream_toml("books", &env.books.url), route("/book", &["GET"], "books"),);
         let gw = Gateway::start(&config(env.jwks_url(), "", "forward_token = false", &rest)).await;
@@ -229,7 +225,7 @@ async fn forward_token_false_strips_authorization() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn identity_headers_false_sets_none() {
-    bounded(30, async {
+    bounded(30, "test", async {
         let env = Env::new("fwd-k5").await;
         let rest = format!("{}{}", upstream_toml("books", &env.books.url), route("/book", &["GET"], "books"),);
         let gw = Gateway::start(&config(env.jwks_url(), "", "identity_headers = false", &rest)).await;
@@ -253,7 +249,7 @@ async fn identity_headers_false_sets_none() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_url_path_prefix_is_prepended() {
-    bounded(30, async {
+    bounded(30, "test", async {
         let env = Env::new("fwd-k6").await;
         let rest = format!(
             "{}{}",
@@ -277,7 +273,7 @@ async fn upstream_url_path_prefix_is_prepended() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreachable_upstream_is_502_and_slow_upstream_is_504() {
-    bounded(30, async {
+    bounded(30, "test", async {
         let env = Env::new("fwd-k7").await;
         let (_dead, dead_addr) = refused_addr();
         let rest = format!(
@@ -315,7 +311,7 @@ async fn unreachable_upstream_is_502_and_slow_upstream_is_504() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http2_prior_knowledge_end_to_end() {
-    bounded(30, async {
+    bounded(30, "test", async {
         let env = Env::new("fwd-k9").await;
         let rest = format!("{}{}", upstream_toml("books", &env.books.url), route("/book", &["GET"], "books"),);
         let gw = Gateway::start(&config(env.jwks_url(), "", "", &rest)).await;
@@ -365,16 +361,11 @@ async fn http2_prior_knowledge_end_to_end() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mock_route_answers_after_auth() {
-    bounded(30, async {
+    bounded(30, "test", async {
         let env = Env::new("fwd-k10").await;
-        let rest = r#"
-[[routes]]
-path = "/mock"
-methods = ["GET"]
-scopes = ["API/book.get"]
-response = { status = 201, content_type = "text/plain", body = "hi" }
-"#;
-        let gw = Gateway::start(&config(env.jwks_url(), "", "", rest)).await;
+        let rest =
+            route_toml("/mock", &["GET"], &[&scopes(&["API/book.get"]), &response_line(201, "text/plain", "hi")]);
+        let gw = Gateway::start(&config(env.jwks_url(), "", "", &rest)).await;
 
         let resp = get(&gw, "/mock", Some(&env.token())).await;
         assert_eq!(resp.status, 201);
@@ -398,24 +389,9 @@ response = { status = 201, content_type = "text/plain", body = "hi" }
     .await;
 }
 
-/// Reads from `s` until the end of a response head; returns (head, bytes after it).
-async fn read_head(s: &mut TcpStream) -> (String, Vec<u8>) {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    loop {
-        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&buf[..i]).into_owned();
-            return (head, buf[i + 4..].to_vec());
-        }
-        let n = s.read(&mut chunk).await.expect("read response head");
-        assert!(n > 0, "connection closed before a response head: {:?}", String::from_utf8_lossy(&buf));
-        buf.extend_from_slice(&chunk[..n]);
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websocket_upgrade_passes_through_on_authorized_route() {
-    bounded(30, async {
+    bounded(30, "test", async {
         let env = Env::new("fwd-k11").await;
         let rest = format!("{}{}", upstream_toml("books", &env.books.url), route("/ws", &["GET"], "books"),);
         let gw = Gateway::start(&config(env.jwks_url(), "", "", &rest)).await;
@@ -486,7 +462,7 @@ async fn raw_tolerant(addr: SocketAddr, req: &[u8]) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_request_head_is_431() {
-    bounded(30, async {
+    bounded(30, "test", async {
         let env = Env::new("fwd-k12").await;
         let rest = format!("{}{}", upstream_toml("books", &env.books.url), route("/book", &["GET"], "books"),);
         let gw = Gateway::start(&config(env.jwks_url(), "max_header_bytes = 8192", "", &rest)).await;
@@ -565,7 +541,7 @@ async fn counting_upstream(mode: UpstreamConns) -> (SocketAddr, Arc<AtomicUsize>
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_connections_are_reused_and_closed_ones_replaced() {
-    bounded(60, async {
+    bounded(60, "test", async {
         let env = Env::new("fwd-conns").await;
         let token = env.token();
         for (mode, connections) in
@@ -599,7 +575,7 @@ fn folded(name: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn underscore_spellings_of_stripped_and_gateway_set_headers_do_not_reach_the_upstream() {
-    bounded(30, async {
+    bounded(30, "test", async {
         let env = Env::new("fwd-us").await;
         let rest = format!(
             "{}{}{}",
@@ -703,7 +679,7 @@ const STRIPPED_FORWARDING: [&str; 21] = [
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_forwarding_headers_are_stripped_or_overwritten() {
-    bounded(30, async {
+    bounded(30, "test", async {
         let env = Env::new("fwd-fh").await;
         let rest = format!("{}{}", upstream_toml("books", &env.books.url), public_route("/public", "books"));
         let gw = Gateway::start(&config(env.jwks_url(), "", "", &rest)).await;
@@ -751,7 +727,7 @@ async fn client_forwarding_headers_are_stripped_or_overwritten() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_connection_line_of_a_request_counts() {
-    bounded(30, async {
+    bounded(30, "test", async {
         let env = Env::new("fwd-cr").await;
         let rest = format!("{}{}", upstream_toml("books", &env.books.url), public_route("/public", "books"));
         let gw = Gateway::start(&config(env.jwks_url(), "", "", &rest)).await;
@@ -812,7 +788,7 @@ async fn scripted_upstream(resp: &'static [u8]) -> (SocketAddr, tokio::task::Joi
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_connection_line_of_a_response_counts() {
-    bounded(30, async {
+    bounded(30, "test", async {
         let env = Env::new("fwd-cs").await;
         let (addr, task) = scripted_upstream(
             b"HTTP/1.1 200 OK\r\n\
@@ -843,7 +819,7 @@ async fn every_connection_line_of_a_response_counts() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_header_named_like_a_stripped_family_follows_forward_token() {
-    bounded(30, async {
+    bounded(30, "test", async {
         let env = Env::new("fwd-th").await;
         let rest = format!("{}{}", upstream_toml("books", &env.books.url), route("/book", &["GET"], "books"));
         let auth = format!("Bearer {}", env.token());

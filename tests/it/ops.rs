@@ -8,8 +8,6 @@
 
 use crate::common::*;
 
-use std::collections::BTreeMap;
-use std::future::Future;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -25,13 +23,6 @@ const SCOPE: &str = "API/book.get";
 /// Bound on one exchange made by the helpers in this file.
 const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
 
-async fn bounded<F: Future>(secs: u64, what: &str, fut: F) -> F::Output {
-    match tokio::time::timeout(Duration::from_secs(secs), fut).await {
-        Ok(v) => v,
-        Err(_) => panic!("{what}: did not finish within {secs}s"),
-    }
-}
-
 async fn admin_get(admin: SocketAddr, path: &str) -> Resp {
     try_send(admin, "GET", path, &[]).await.unwrap_or_else(|e| panic!("admin GET {path}: {e}"))
 }
@@ -39,79 +30,6 @@ async fn admin_get(admin: SocketAddr, path: &str) -> Resp {
 /// One HTTP/1.1 exchange on a fresh connection; `Err` on connect or protocol failure.
 async fn try_send(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)]) -> Result<Resp, String> {
     try_send_to(addr, method, path, headers, "").await
-}
-
-// ---------------------------------------------------------------------------------------------
-// Prometheus text parsing
-// ---------------------------------------------------------------------------------------------
-
-/// One sample line: `name{k="v",...} value`.
-fn parse_sample(line: &str) -> Option<(&str, BTreeMap<String, String>, f64)> {
-    let (series, value) = line.rsplit_once(' ')?;
-    let value: f64 = value.parse().ok()?;
-    let Some((name, rest)) = series.split_once('{') else {
-        return Some((series, BTreeMap::new(), value));
-    };
-    let mut chars = rest.strip_suffix('}')?.chars().peekable();
-    let mut labels = BTreeMap::new();
-    loop {
-        let mut key = String::new();
-        while let Some(&c) = chars.peek() {
-            if c == '=' {
-                break;
-            }
-            key.push(c);
-            chars.next();
-        }
-        if key.is_empty() {
-            break;
-        }
-        chars.next(); // '='
-        if chars.next()? != '"' {
-            return None;
-        }
-        let mut value = String::new();
-        loop {
-            match chars.next()? {
-                '\\' => match chars.next()? {
-                    'n' => value.push('\n'),
-                    other => value.push(other),
-                },
-                '"' => break,
-                c => value.push(c),
-            }
-        }
-        labels.insert(key, value);
-        if chars.peek() == Some(&',') {
-            chars.next();
-        }
-    }
-    Some((name, labels, value))
-}
-
-fn samples(text: &str) -> Vec<(&str, BTreeMap<String, String>, f64)> {
-    text.lines().filter(|l| !l.starts_with('#') && !l.trim().is_empty()).filter_map(parse_sample).collect()
-}
-
-/// The value of the series `name` whose label set is exactly `labels`.
-fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    let want: BTreeMap<String, String> = labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-    samples(text).into_iter().find(|(n, l, _)| *n == name && *l == want).map(|(_, _, v)| v)
-}
-
-/// The sum over every series `name` whose labels include `subset`.
-fn metric_sum(text: &str, name: &str, subset: &[(&str, &str)]) -> f64 {
-    samples(text)
-        .into_iter()
-        .filter(|(n, l, _)| *n == name && subset.iter().all(|(k, v)| l.get(*k).map(String::as_str) == Some(*v)))
-        .map(|(_, _, v)| v)
-        .sum()
-}
-
-#[track_caller]
-fn assert_metric(text: &str, name: &str, labels: &[(&str, &str)], want: f64) {
-    let got = metric(text, name, labels);
-    assert_eq!(got, Some(want), "{name}{labels:?}\n--- /metrics ---\n{text}");
 }
 
 // ---------------------------------------------------------------------------------------------

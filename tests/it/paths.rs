@@ -4,11 +4,6 @@ use crate::common::*;
 
 use std::time::Duration;
 
-/// Bounds every test: nothing here should take more than a few seconds.
-async fn bounded<F: std::future::Future>(fut: F) -> F::Output {
-    tokio::time::timeout(Duration::from_secs(60), fut).await.expect("test timed out")
-}
-
 /// Raw HTTP/1.1 request with `target` written verbatim in the request line.
 fn raw_request(target: &str, token: &str) -> Vec<u8> {
     format!("GET {target} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n")
@@ -68,30 +63,11 @@ async fn book_user_gateway() -> BookUser {
     let jwks = JwksServer::start(vec![key.jwk()]).await;
     let books = Upstream::start("books").await;
     let users = Upstream::start("users").await;
-    let toml = format!(
-        r#"{base}
-[upstreams.books]
-url = "{books}"
-
-[upstreams.users]
-url = "{users}"
-
-[[routes]]
-path = "/book"
-methods = ["GET"]
-scopes = ["API/book.get"]
-upstream = "books"
-
-[[routes]]
-path = "/user"
-methods = ["GET"]
-scopes = ["API/user.get"]
-upstream = "users"
-"#,
-        base = base_toml(ISS, &jwks.url, &["RS256"]),
-        books = books.url,
-        users = users.url,
-    );
+    let toml = base_toml(ISS, &jwks.url, &["RS256"])
+        + &upstream_toml("books", &books.url)
+        + &upstream_toml("users", &users.url)
+        + &route_toml("/book", &["GET"], &[&scopes(&["API/book.get"]), &forward_to("books")])
+        + &route_toml("/user", &["GET"], &[&scopes(&["API/user.get"]), &forward_to("users")]);
     let gw = Gateway::start(&toml).await;
     BookUser { key, _jwks: jwks, books, users, gw }
 }
@@ -110,7 +86,7 @@ enum Expect {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn path_confusion_table_never_reaches_unauthorized_route() {
-    bounded(async {
+    bounded(60, "test", async {
         let env = book_user_gateway().await;
         let token = env.key.sign(&claims(ISS, "book-client", "API/book.get"));
 
@@ -278,7 +254,7 @@ async fn path_confusion_table_never_reaches_unauthorized_route() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_path_is_404_and_known_path_wrong_method_is_405() {
-    bounded(async {
+    bounded(60, "test", async {
         let env = book_user_gateway().await;
         let token = env.key.sign(&claims(ISS, "c", "API/book.get API/user.get"));
 
@@ -319,7 +295,7 @@ async fn unknown_path_is_404_and_known_path_wrong_method_is_405() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn allow_header_lists_all_methods_of_the_path() {
-    bounded(async {
+    bounded(60, "test", async {
         let key = TestKey::generate(Algorithm::RS256, "paths-k2");
         let jwks = JwksServer::start(vec![key.jwk()]).await;
         let mut toml = base_toml(ISS, &jwks.url, &["RS256"]);
@@ -352,7 +328,7 @@ async fn allow_header_lists_all_methods_of_the_path() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn literal_beats_param_beats_proxy_and_explicit_method_beats_any() {
-    bounded(async {
+    bounded(60, "test", async {
         let key = TestKey::generate(Algorithm::RS256, "paths-k3");
         let jwks = JwksServer::start(vec![key.jwk()]).await;
         let mut toml = base_toml(ISS, &jwks.url, &["RS256"]);
@@ -412,7 +388,7 @@ async fn literal_beats_param_beats_proxy_and_explicit_method_beats_any() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn overlapping_routes_with_equal_specificity_are_rejected_at_load() {
-    bounded(async {
+    bounded(60, "test", async {
         let key = TestKey::generate(Algorithm::RS256, "paths-k4");
         let jwks = JwksServer::start(vec![key.jwk()]).await;
         let base = base_toml(ISS, &jwks.url, &["RS256"]);
@@ -491,7 +467,7 @@ async fn h2_get(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn path_normalization_applies_to_http2_too() {
-    bounded(async {
+    bounded(60, "test", async {
         let env = book_user_gateway().await;
         let token = env.key.sign(&claims(ISS, "book-client", "API/book.get"));
         let tcp = tokio::net::TcpStream::connect(env.gw.addr).await.unwrap();
@@ -553,33 +529,16 @@ async fn path_normalization_applies_to_http2_too() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proxy_route_forwards_exactly_the_normalized_path() {
-    bounded(async {
+    bounded(60, "test", async {
         let key = TestKey::generate(Algorithm::RS256, "paths-k5");
         let jwks = JwksServer::start(vec![key.jwk()]).await;
         let files = Upstream::start("files").await;
         let admin = Upstream::start("admin").await;
-        let toml = format!(
-            r#"{base}
-[upstreams.files]
-url = "{files}"
-
-[upstreams.admin]
-url = "{admin}"
-
-[[routes]]
-path = "/files/{{path+}}"
-scopes = ["API/files"]
-upstream = "files"
-
-[[routes]]
-path = "/files/admin/{{rest+}}"
-scopes = ["API/admin"]
-upstream = "admin"
-"#,
-            base = base_toml(ISS, &jwks.url, &["RS256"]),
-            files = files.url,
-            admin = admin.url,
-        );
+        let toml = base_toml(ISS, &jwks.url, &["RS256"])
+            + &upstream_toml("files", &files.url)
+            + &upstream_toml("admin", &admin.url)
+            + &route_toml("/files/{path+}", &[], &[&scopes(&["API/files"]), &forward_to("files")])
+            + &route_toml("/files/admin/{rest+}", &[], &[&scopes(&["API/admin"]), &forward_to("admin")]);
         let gw = Gateway::start(&toml).await;
         let token = key.sign(&claims(ISS, "files-client", "API/files"));
 
@@ -646,26 +605,10 @@ async fn admin_behind_public_proxy() -> AdminBehindProxy {
     let key = TestKey::generate(Algorithm::RS256, "paths-admin");
     let jwks = JwksServer::start(vec![key.jwk()]).await;
     let app = Upstream::start("app").await;
-    let toml = format!(
-        r#"{base}
-[upstreams.app]
-url = "{app}"
-
-[[routes]]
-path = "/admin"
-methods = ["GET"]
-scopes = ["API/admin"]
-upstream = "app"
-
-[[routes]]
-path = "/{{proxy+}}"
-methods = ["ANY"]
-auth = "none"
-upstream = "app"
-"#,
-        base = base_toml(ISS, &jwks.url, &["RS256"]),
-        app = app.url,
-    );
+    let toml = base_toml(ISS, &jwks.url, &["RS256"])
+        + &upstream_toml("app", &app.url)
+        + &route_toml("/admin", &["GET"], &[&scopes(&["API/admin"]), &forward_to("app")])
+        + &route_toml("/{proxy+}", &["ANY"], &[PUBLIC, &forward_to("app")]);
     let gw = Gateway::start(&toml).await;
     AdminBehindProxy { key, _jwks: jwks, app, gw }
 }
@@ -686,7 +629,7 @@ fn raw_method(method: &str, target: &str, extra: &[&str]) -> Vec<u8> {
 /// catch-all.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn other_spellings_of_a_protected_path_never_fall_to_the_public_catch_all() {
-    bounded(async {
+    bounded(60, "test", async {
         let env = admin_behind_public_proxy().await;
 
         // (method, target, status, body)
@@ -779,7 +722,7 @@ async fn other_spellings_of_a_protected_path_never_fall_to_the_public_catch_all(
 /// its own) is answered 400; HTTP/1.0 may omit it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http11_request_needs_exactly_one_host() {
-    bounded(async {
+    bounded(60, "test", async {
         let env = admin_behind_public_proxy().await;
         let rows: &[(&str, u16)] = &[
             ("GET /pub HTTP/1.1\r\nConnection: close\r\n\r\n", 400),

@@ -687,14 +687,6 @@ async fn jwks_file_changes_are_picked_up_without_a_reload_call() {
 // 11. SIGHUP, in the real binary (signals are process-wide; tests share one process)
 // ---------------------------------------------------------------------------------------------
 
-/// The value of one Prometheus series (`name{labels}`) in a text exposition; 0 when absent.
-fn metric(text: &str, series: &str) -> f64 {
-    text.lines()
-        .filter_map(|line| line.strip_prefix(series))
-        .find_map(|rest| rest.strip_prefix(' ').and_then(|v| v.trim().parse().ok()))
-        .unwrap_or(0.0)
-}
-
 /// A config for the binary: `[server]` with the admin listener, `shutdown_grace = "2s"` and
 /// `server_extra` lines, `[log]` in text format, then `rest`.
 fn binary_toml(server_extra: &str, rest: &str) -> String {
@@ -704,7 +696,7 @@ fn binary_toml(server_extra: &str, rest: &str) -> String {
 /// The value of `series` in the binary's `GET /metrics` (admin listener).
 async fn binary_metric(bin: &Binary, series: &str) -> Result<f64, String> {
     match try_get(bin.admin(), "/metrics").await? {
-        (200, text) => Ok(metric(&text, series)),
+        (200, text) => Ok(series_value(&text, series)),
         (status, _) => Err(format!("/metrics: {status}")),
     }
 }
@@ -1236,7 +1228,7 @@ async fn sighup_and_edits_reload_while_the_log_is_written_next_to_the_config() {
 /// `scopegate_config_restart_required{setting=...}` in the server's exposition.
 fn restart_required(gw: &Gateway, setting: &str) -> f64 {
     let series = format!("scopegate_config_restart_required{{setting=\"{setting}\"}}");
-    metric(&gw.server().metrics().render(), &series)
+    series_value(&gw.server().metrics().render(), &series)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -20,29 +20,11 @@ fn config(server: &str, upstream_url: &str) -> String {
         + &route_toml("/ping", &[], &[PUBLIC, &response_line(200, "", "pong")])
 }
 
-async fn bounded<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
-    tokio::time::timeout(Duration::from_secs(10), f).await.unwrap_or_else(|_| panic!("{what}: no result within 10 s"))
-}
-
-/// Reads a response head; returns it and whatever followed it.
-async fn read_head(s: &mut TcpStream) -> (String, Vec<u8>) {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 1024];
-    loop {
-        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            return (String::from_utf8_lossy(&buf[..i]).into_owned(), buf[i + 4..].to_vec());
-        }
-        let n = s.read(&mut chunk).await.expect("read response head");
-        assert!(n > 0, "closed before a response head: {:?}", String::from_utf8_lossy(&buf));
-        buf.extend_from_slice(&chunk[..n]);
-    }
-}
-
 /// Opens a WebSocket tunnel through the gateway to the echoing upstream.
 async fn open_tunnel(addr: SocketAddr) -> TcpStream {
     let mut s = TcpStream::connect(addr).await.expect("connect");
     s.write_all(UPGRADE.as_bytes()).await.expect("write upgrade");
-    let (head, rest) = bounded("101", read_head(&mut s)).await;
+    let (head, rest) = bounded(10, "101", read_head(&mut s)).await;
     assert!(head.starts_with("HTTP/1.1 101"), "head: {head}");
     assert!(rest.is_empty());
     s
@@ -52,7 +34,7 @@ async fn open_tunnel(addr: SocketAddr) -> TcpStream {
 async fn echo(s: &mut TcpStream, msg: &[u8]) {
     s.write_all(msg).await.expect("write through the tunnel");
     let mut got = vec![0u8; msg.len()];
-    bounded("echo", s.read_exact(&mut got)).await.expect("read the echo");
+    bounded(10, "echo", s.read_exact(&mut got)).await.expect("read the echo");
     assert_eq!(got, msg);
 }
 
@@ -73,7 +55,7 @@ async fn an_open_tunnel_keeps_its_connection_slot() {
 
     // Closing the tunnel frees the slot.
     drop(tunnel);
-    let n = bounded("the second client once the tunnel closed", second.read(&mut buf)).await.expect("read");
+    let n = bounded(10, "the second client once the tunnel closed", second.read(&mut buf)).await.expect("read");
     assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"), "{:?}", &buf[..n]);
     gw.stop().await;
 }
@@ -113,7 +95,7 @@ async fn an_upgrade_to_anything_but_websocket_is_not_relayed() {
     // Offered next to websocket, another protocol is dropped and websocket is relayed.
     let mut s = TcpStream::connect(gw.addr).await.expect("connect");
     s.write_all(UPGRADE.replace("Upgrade: websocket", "Upgrade: h2c, websocket").as_bytes()).await.expect("write");
-    let (head, _) = bounded("101", read_head(&mut s)).await;
+    let (head, _) = bounded(10, "101", read_head(&mut s)).await;
     assert!(head.starts_with("HTTP/1.1 101"), "head: {head}");
     assert_eq!(upstream.last().expect("upgrade forwarded").header_all("upgrade"), vec!["websocket"]);
     echo(&mut s, b"ws").await;

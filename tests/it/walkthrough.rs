@@ -80,9 +80,8 @@ fn log_tail(text: &str) -> String {
 
 /// `scopegate_config_reloads_total{result="ok"}` from the admin listener's `/metrics`.
 async fn reloads_ok(admin: std::net::SocketAddr) -> Option<f64> {
-    const SERIES: &str = "scopegate_config_reloads_total{result=\"ok\"} ";
     let resp = try_send_to(admin, "GET", "/metrics", &[], "").await.ok()?;
-    Some(resp.body.lines().find_map(|l| l.strip_prefix(SERIES)?.trim().parse().ok()).unwrap_or(0.0))
+    Some(series_value(&resp.body, "scopegate_config_reloads_total{result=\"ok\"}"))
 }
 
 /// Each step's output, cut out of the combined output at the marker lines.

@@ -18,6 +18,7 @@
 //! bounded by a timeout.
 #![allow(dead_code)]
 
+use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -81,6 +82,14 @@ pub type RespBody = UnsyncBoxBody<Bytes, BoxError>;
 // ---------------------------------------------------------------------------------------------
 // Time, base64
 // ---------------------------------------------------------------------------------------------
+
+/// `fut`'s output; panics naming `what` if it takes more than `secs` seconds.
+pub async fn bounded<F: Future>(secs: u64, what: &str, fut: F) -> F::Output {
+    match tokio::time::timeout(Duration::from_secs(secs), fut).await {
+        Ok(v) => v,
+        Err(_) => panic!("{what}: did not finish within {secs}s"),
+    }
+}
 
 /// Current unix time in seconds.
 pub fn now() -> u64 {
@@ -1098,6 +1107,87 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Prometheus text parsing
+// ---------------------------------------------------------------------------------------------
+
+/// One sample line: `name{k="v",...} value`.
+pub fn parse_sample(line: &str) -> Option<(&str, BTreeMap<String, String>, f64)> {
+    let (series, value) = line.rsplit_once(' ')?;
+    let value: f64 = value.parse().ok()?;
+    let Some((name, rest)) = series.split_once('{') else {
+        return Some((series, BTreeMap::new(), value));
+    };
+    let mut chars = rest.strip_suffix('}')?.chars().peekable();
+    let mut labels = BTreeMap::new();
+    loop {
+        let mut key = String::new();
+        while let Some(&c) = chars.peek() {
+            if c == '=' {
+                break;
+            }
+            key.push(c);
+            chars.next();
+        }
+        if key.is_empty() {
+            break;
+        }
+        chars.next(); // '='
+        if chars.next()? != '"' {
+            return None;
+        }
+        let mut value = String::new();
+        loop {
+            match chars.next()? {
+                '\\' => match chars.next()? {
+                    'n' => value.push('\n'),
+                    other => value.push(other),
+                },
+                '"' => break,
+                c => value.push(c),
+            }
+        }
+        labels.insert(key, value);
+        if chars.peek() == Some(&',') {
+            chars.next();
+        }
+    }
+    Some((name, labels, value))
+}
+
+pub fn samples(text: &str) -> Vec<(&str, BTreeMap<String, String>, f64)> {
+    text.lines().filter(|l| !l.starts_with('#') && !l.trim().is_empty()).filter_map(parse_sample).collect()
+}
+
+/// The value of the series `name` whose label set is exactly `labels`.
+pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let want: BTreeMap<String, String> = labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    samples(text).into_iter().find(|(n, l, _)| *n == name && *l == want).map(|(_, _, v)| v)
+}
+
+/// The sum over every series `name` whose labels include `subset`.
+pub fn metric_sum(text: &str, name: &str, subset: &[(&str, &str)]) -> f64 {
+    samples(text)
+        .into_iter()
+        .filter(|(n, l, _)| *n == name && subset.iter().all(|(k, v)| l.get(*k).map(String::as_str) == Some(*v)))
+        .map(|(_, _, v)| v)
+        .sum()
+}
+
+#[track_caller]
+pub fn assert_metric(text: &str, name: &str, labels: &[(&str, &str)], want: f64) {
+    let got = metric(text, name, labels);
+    assert_eq!(got, Some(want), "{name}{labels:?}\n--- /metrics ---\n{text}");
+}
+
+/// The value of one series written out (`name{labels}` exactly as exposed); 0 when absent.
+pub fn series_value(text: &str, series: &str) -> f64 {
+    text.lines()
+        .filter_map(|line| line.strip_prefix(series))
+        .find_map(|rest| rest.strip_prefix(' ').and_then(|v| v.trim().parse().ok()))
+        .unwrap_or(0.0)
+}
+
+// ---------------------------------------------------------------------------------------------
 // TLS and raw connections
 // ---------------------------------------------------------------------------------------------
 
@@ -1143,6 +1233,21 @@ pub async fn tls_connect(
         connector.connect(name, tcp).await.map_err(|e| format!("TLS handshake: {e}"))
     };
     tokio::time::timeout(HTTP_TIMEOUT, go).await.map_err(|_| "TLS connect timed out".to_string())?
+}
+
+/// Reads a response head from `s`: (the head without its blank line, the bytes after it).
+/// Panics if the peer closes first; callers bound it (see [`bounded`]).
+pub async fn read_head<S: tokio::io::AsyncRead + Unpin>(s: &mut S) -> (String, Vec<u8>) {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(i) = find(&buf, b"\r\n\r\n") {
+            return (String::from_utf8_lossy(&buf[..i]).into_owned(), buf[i + 4..].to_vec());
+        }
+        let n = s.read(&mut chunk).await.expect("read response head");
+        assert!(n > 0, "connection closed before a response head: {:?}", String::from_utf8_lossy(&buf));
+        buf.extend_from_slice(&chunk[..n]);
+    }
 }
 
 /// Reads (and discards) until the peer closes the connection; true when it did within `bound`.
