@@ -14,6 +14,7 @@ mod config;
 mod decision_log;
 mod docs;
 mod forwarding;
+mod harness;
 mod import;
 mod issuer;
 mod limits;

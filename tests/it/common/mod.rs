@@ -1626,7 +1626,7 @@ fn drain(mut from: impl std::io::Read + Send + 'static, into: Arc<Mutex<Vec<u8>>
 }
 
 /// The (data, admin) addresses of a "scopegate listening" line, JSON or text format.
-fn listening_line(line: &str) -> Option<(SocketAddr, Option<SocketAddr>)> {
+pub fn listening_line(line: &str) -> Option<(SocketAddr, Option<SocketAddr>)> {
     let (addr, admin) = if let Ok(v) = serde_json::from_str::<Value>(line) {
         if v["message"] != "scopegate listening" {
             return None;
