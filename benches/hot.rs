@@ -27,7 +27,7 @@ use scopegate::proxy::{decide, Access, ConnInfo, Decision};
 use scopegate::route::{normalize, Table};
 use scopegate::snapshot::{Runtime, Snapshot};
 
-#[path = "../tests/common/mod.rs"]
+#[path = "../tests/it/common/mod.rs"]
 #[allow(dead_code, unused_imports, clippy::all)]
 mod common;
 

@@ -4,28 +4,17 @@
 //! the round trip: import, start the binary on the result, fetch a token from its built-in
 //! issuer with the printed secret, and call the routes.
 
-mod common;
-use common::*;
+use crate::common::*;
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Output;
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use serde_json::Value;
 
-const UNAUTHORIZED: &str = r#"{"message":"Unauthorized"}"#;
-
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/import").join(name)
-}
-
-fn bin() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_scopegate"));
-    c.env_remove("SCOPEGATE_CONFIG").stdin(Stdio::null());
-    c
 }
 
 fn text(b: &[u8]) -> String {
@@ -34,18 +23,9 @@ fn text(b: &[u8]) -> String {
 
 /// Runs `scopegate import ARGS...` (bounded: the command is short-lived).
 fn import(args: &[&str]) -> Output {
-    let mut c = bin();
+    let mut c = binary_command();
     c.arg("import").args(args);
     run_bounded(c)
-}
-
-fn run_bounded(mut c: Command) -> Output {
-    let child = c.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn scopegate");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    rx.recv_timeout(Duration::from_secs(60)).expect("scopegate finished within 60 s").expect("scopegate output")
 }
 
 /// An import that must succeed: `(gateway.toml text, stderr)`, written with `-o`.
@@ -104,7 +84,7 @@ fn check(toml_text: &str, env: &[(&str, &str)]) -> Output {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("gateway.toml");
     std::fs::write(&path, toml_text).expect("write");
-    let mut c = bin();
+    let mut c = binary_command();
     c.arg("check").arg("--config").arg(&path);
     for (k, v) in env {
         c.env(k, v);
@@ -143,68 +123,12 @@ fn temp_file(dir: &tempfile::TempDir, name: &str, body: &str) -> String {
 // ---------------------------------------------------------------------------------------------
 // The binary, started on an imported config
 
-struct Running {
-    child: Child,
-    addr: SocketAddr,
-    dir: tempfile::TempDir,
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-impl Running {
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("out.log")).unwrap_or_default()
-    }
-}
-
-/// Starts the binary on `toml_text` with its listener moved to 127.0.0.1:0, and learns the
-/// port from the "scopegate listening" log line.
-async fn start_binary(toml_text: &str) -> Running {
+/// Starts the binary on `toml_text` with its listener moved to 127.0.0.1:0 (the harness learns
+/// the port from the "scopegate listening" log line).
+async fn start_binary(toml_text: &str) -> Binary {
     let toml_text = toml_text.replace("listen = \"0.0.0.0:8080\"", "listen = \"127.0.0.1:0\"");
     assert!(toml_text.contains("listen = \"127.0.0.1:0\""), "no listen line to move:\n{toml_text}");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let config = dir.path().join("gateway.toml");
-    std::fs::write(&config, &toml_text).expect("write gateway.toml");
-    let out = std::fs::File::create(dir.path().join("out.log")).expect("log file");
-    let child = bin()
-        .arg("--config")
-        .arg(&config)
-        .env("RUST_LOG", "info")
-        .stdout(out.try_clone().expect("clone"))
-        .stderr(out)
-        .spawn()
-        .expect("spawn scopegate");
-    let mut r = Running { child, addr: "127.0.0.1:1".parse().expect("addr"), dir };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(Some(status)) = r.child.try_wait() {
-            panic!("scopegate exited ({status}):\n{}\n---\n{toml_text}", r.log());
-        }
-        let found = r.log().lines().filter_map(|l| serde_json::from_str::<Value>(l).ok()).find_map(|v| {
-            (v["message"] == "scopegate listening").then(|| v["addr"].as_str().map(str::to_owned)).flatten()
-        });
-        if let Some(addr) = found {
-            r.addr = addr.parse().expect("listening addr");
-            return r;
-        }
-        assert!(Instant::now() < deadline, "scopegate never logged its address:\n{}", r.log());
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-}
-
-fn form(pairs: &[(&str, &str)]) -> String {
-    let mut s = form_urlencoded::Serializer::new(String::new());
-    for (k, v) in pairs {
-        s.append_pair(k, v);
-    }
-    s.finish()
+    Binary::start(&toml_text).await
 }
 
 /// The access token from a 200 answer of /oauth2/token.

@@ -3,8 +3,7 @@
 //! verified-token cache. Every test runs a real gateway, a real JWKS server and a real upstream;
 //! tokens are minted here.
 
-mod common;
-use common::*;
+use crate::common::*;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -12,43 +11,19 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-const UNAUTHORIZED: &str = r#"{"message":"Unauthorized"}"#;
-const FORBIDDEN: &str = r#"{"message":"Forbidden"}"#;
-const BEARER: &str = "Bearer";
-const INVALID_TOKEN: &str = r#"Bearer error="invalid_token""#;
-const INSUFFICIENT_SCOPE: &str = r#"Bearer error="insufficient_scope""#;
-
 // ---------------------------------------------------------------------------------------------
 // Config builders
 // ---------------------------------------------------------------------------------------------
 
-/// One `[[auth.issuers]]` table. `source` is the key-source line (`jwks_uri = ...`, ...).
-fn issuer_toml(iss: &str, source: &str, algs: &[&str], extra: &str) -> String {
-    format!("[[auth.issuers]]\nissuer = {}\n{source}\nalgorithms = {}\n{extra}\n\n", toml_str(iss), toml_list(algs))
-}
-
-fn jwks_uri(url: &str) -> String {
-    format!("jwks_uri = {}", toml_str(url))
-}
-
 /// One `[[routes]]` table forwarding to the `books` upstream.
 fn route(path: &str, methods: &[&str], extra: &str) -> String {
-    format!(
-        "[[routes]]\npath = {}\nmethods = {}\nupstream = \"books\"\n{extra}\n\n",
-        toml_str(path),
-        toml_list(methods)
-    )
+    route_toml(path, methods, &[&forward_to("books"), extra])
 }
 
 /// A complete gateway.toml: listener on 127.0.0.1:0, `[auth]` with `auth` lines, the issuers,
 /// one upstream `books`, and the routes.
 fn gateway_toml(auth: &str, issuers: &[String], upstream: &Upstream, routes: &[String]) -> String {
-    format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\n\n[auth]\n{auth}\n\n{}[upstreams.books]\nurl = {}\n\n{}",
-        issuers.concat(),
-        toml_str(&upstream.url),
-        routes.concat()
-    )
+    server_toml("") + &auth_toml(auth) + &issuers.concat() + &upstream_toml("books", &upstream.url) + &routes.concat()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -648,11 +623,8 @@ async fn issuer_whose_jwks_never_loaded_gets_503_not_401() {
     broken.set_raw(500, r#"{"error":"internal"}"#);
     let good = JwksServer::start(vec![good_key.jwk()]).await;
     // A port that nothing listens on.
-    let closed_port = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        listener.local_addr().expect("addr").port()
-    };
-    let closed_url = format!("http://127.0.0.1:{closed_port}/.well-known/jwks.json");
+    let (_closed, closed_addr) = refused_addr();
+    let closed_url = format!("http://{closed_addr}/.well-known/jwks.json");
 
     let up = Upstream::start("books").await;
     let toml = gateway_toml(
@@ -1058,12 +1030,10 @@ const BUILTIN_ISS: &str = "https://issuer.scopegate.test";
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_kid_on_the_builtin_issuer_is_refused_at_once() {
     let up = Upstream::start("books").await;
-    let toml = format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\n\n[issuer]\nissuer = {}\n\n[upstreams.books]\nurl = {}\n\n{}",
-        toml_str(BUILTIN_ISS),
-        toml_str(&up.url),
-        route("/book", &["GET"], r#"scopes = ["API/book.get"]"#)
-    );
+    let toml = server_toml("")
+        + &builtin_issuer_toml(BUILTIN_ISS, "")
+        + &upstream_toml("books", &up.url)
+        + &route("/book", &["GET"], r#"scopes = ["API/book.get"]"#);
     let gw = Gateway::start(&toml).await;
     // Signed by a key the issuer never had, under kids it never published: the built-in
     // issuer's key set is fixed, so there is nothing to wait for.

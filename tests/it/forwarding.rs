@@ -1,74 +1,29 @@
 //! Forwarding to real upstreams.
 
-mod common;
-use common::*;
+use crate::common::*;
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Empty, StreamBody};
-use hyper::body::Frame;
+use http_body_util::{BodyExt, Empty};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-const UNAUTHORIZED: &str = r#"{"message":"Unauthorized"}"#;
-const MIB: u64 = 1024 * 1024;
-
-async fn bounded<F: std::future::Future>(secs: u64, fut: F) -> F::Output {
-    tokio::time::timeout(Duration::from_secs(secs), fut).await.expect("test timed out")
-}
-
 /// A gateway.toml with the given extra `[server]` and `[auth]` keys, one issuer and `rest`.
 fn config(jwks_url: &str, server_extra: &str, auth_extra: &str, rest: &str) -> String {
-    format!(
-        r#"[server]
-listen = "127.0.0.1:0"
-{server_extra}
-
-[auth]
-{auth_extra}
-
-[[auth.issuers]]
-issuer = "{ISS}"
-jwks_uri = "{jwks_url}"
-algorithms = ["RS256"]
-
-{rest}
-"#
-    )
+    server_toml(server_extra) + &auth_toml(auth_extra) + &issuer_toml(ISS, &jwks_uri(jwks_url), &["RS256"], "") + rest
 }
 
-fn upstream_toml(name: &str, url: &str) -> String {
-    format!("\n[upstreams.{name}]\nurl = \"{url}\"\n")
-}
-
-fn route(path: &str, methods: &str, upstream: &str) -> String {
-    format!(
-        r#"
-[[routes]]
-path = "{path}"
-methods = {methods}
-scopes = ["API/book.get"]
-upstream = "{upstream}"
-"#
-    )
+/// A route to `upstream` needing `API/book.get`.
+fn route(path: &str, methods: &[&str], upstream: &str) -> String {
+    route_toml(path, methods, &[&scopes(&["API/book.get"]), &forward_to(upstream)])
 }
 
 fn public_route(path: &str, upstream: &str) -> String {
-    format!(
-        r#"
-[[routes]]
-path = "{path}"
-methods = ["GET"]
-auth = "none"
-upstream = "{upstream}"
-"#
-    )
+    route_toml(path, &["GET"], &[PUBLIC, &forward_to(upstream)])
 }
 
 /// Raw GET with `Connection: close` and the given extra header lines.
@@ -106,23 +61,14 @@ fn x_auth_headers(r: &Received) -> Vec<(String, String)> {
     r.headers.iter().filter(|(k, _)| k.starts_with("x-auth-")).cloned().collect()
 }
 
-/// Waits (bounded) until the upstream has recorded `n` requests.
-async fn wait_count(up: &Upstream, n: usize) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while up.count() < n {
-        assert!(Instant::now() < deadline, "upstream recorded {} requests, want {n}", up.count());
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_identity_and_override_headers_are_replaced() {
-    bounded(30, async {
+    bounded(30, "test", async {
         let env = Env::new("fwd-k1").await;
         let rest = format!(
             "{}{}{}",
             upstream_toml("books", &env.books.url),
-            route("/book", r#"["GET"]"#, "books"),
+            route("/book", &["GET"], "books"),
             public_route("/public", "books"),
         );
         let gw = Gateway::start(&config(env.jwks_url(), "", "", &rest)).await;
@@ -187,9 +133,9 @@ async fn client_identity_and_override_headers_are_replaced() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hop_by_hop_headers_are_not_forwarded_and_forwarded_headers_are_set() {
-    bounded(30, async {
+    bounded(30, "test", async {
         let env = Env::new("fwd-k2").await;
-        let rest = format!("{}{}", upstream_toml("books", &env.books.url), route("/book", r#"["GET"]"#, "books"),);
+        let rest = format!("{}{}", upstream_toml("books", &env.books.url), route("/book", &["GET"], "books"),);
         let gw = Gateway::start(&config(env.jwks_url(), "", "", &rest)).await;
         let auth = format!("Bearer {}", env.token());
         let req = format!(
@@ -231,9 +177,9 @@ async fn hop_by_hop_headers_are_not_forwarded_and_forwarded_headers_are_set() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_id_is_generated_when_absent() {
-    bounded(30, async {
+    bounded(30, "test", async {
         let env = Env::new("fwd-k3").await;
-        let rest = format!("{}{}", upstream_toml("books", &env.books.url), route("/book", r#"["GET"]"#, "books"),);
+        let rest = format!("{}{}", upstream_toml("books", &env.books.url), route("/book", &["GET"], "books"),);
         let gw = Gateway::start(&config(env.jwks_url(), "", "", &rest)).await;
         let auth = format!("Bearer {}", env.token());
         let mut ids = Vec::new();
@@ -259,9 +205,9 @@ async fn request_id_is_generated_when_absent() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forward_token_false_strips_authorization() {
-    bounded(30, async {
+    bounded(30, "test", async {
         let env = Env::new("fwd-k4").await;
-        let rest = format!("{}{}", upstream_toml("books", &env.books.url), route("/book", r#"["GET"]"#, "books"),);
+        let rest = format!("{}{}", upstream_toml("books", &env.books.url), route("/book", &["GET"], "books"),);
         let gw = Gateway::start(&config(env.jwks_url(), "", "forward_token = false", &rest)).await;
         let resp = get(&gw, "/book", Some(&env.token())).await;
         assert_eq!(resp.status, 200, "body {:?}", resp.body);
@@ -279,9 +225,9 @@ async fn forward_token_false_strips_authorization() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn identity_headers_false_sets_none() {
-    bounded(30, async {
+    bounded(30, "test", async {
         let env = Env::new("fwd-k5").await;
-        let rest = format!("{}{}", upstream_toml("books", &env.books.url), route("/book", r#"["GET"]"#, "books"),);
+        let rest = format!("{}{}", upstream_toml("books", &env.books.url), route("/book", &["GET"], "books"),);
         let gw = Gateway::start(&config(env.jwks_url(), "", "identity_headers = false", &rest)).await;
         let auth = format!("Bearer {}", env.token());
         let resp = send(
@@ -303,12 +249,12 @@ async fn identity_headers_false_sets_none() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_url_path_prefix_is_prepended() {
-    bounded(30, async {
+    bounded(30, "test", async {
         let env = Env::new("fwd-k6").await;
         let rest = format!(
             "{}{}",
             upstream_toml("books", &format!("http://127.0.0.1:{}/api", env.books.addr.port())),
-            route("/book", r#"["GET"]"#, "books"),
+            route("/book", &["GET"], "books"),
         );
         let gw = Gateway::start(&config(env.jwks_url(), "", "", &rest)).await;
         let token = env.token();
@@ -327,18 +273,15 @@ async fn upstream_url_path_prefix_is_prepended() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreachable_upstream_is_502_and_slow_upstream_is_504() {
-    bounded(30, async {
+    bounded(30, "test", async {
         let env = Env::new("fwd-k7").await;
-        let dead_port = {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            l.local_addr().unwrap().port()
-        };
+        let (_dead, dead_addr) = refused_addr();
         let rest = format!(
             "{}{}{}{}",
             upstream_toml("books", &env.books.url),
-            upstream_toml("dead", &format!("http://127.0.0.1:{dead_port}")),
-            route("/book", r#"["GET"]"#, "dead"),
-            route("/slow", r#"["GET"]"#, "books"),
+            upstream_toml("dead", &format!("http://{dead_addr}")),
+            route("/book", &["GET"], "dead"),
+            route("/slow", &["GET"], "books"),
         );
         let gw = Gateway::start(&config(env.jwks_url(), r#"request_timeout = "500ms""#, "", &rest)).await;
         let token = env.token();
@@ -366,141 +309,11 @@ async fn unreachable_upstream_is_502_and_slow_upstream_is_504() {
     .await;
 }
 
-fn vm_rss_kib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .expect("VmRSS in /proc/self/status")
-}
-
-/// Samples VmRSS on a plain thread until stopped; returns the peak seen.
-struct RssSampler {
-    stop: Arc<AtomicBool>,
-    handle: std::thread::JoinHandle<u64>,
-}
-
-impl RssSampler {
-    fn start() -> RssSampler {
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
-        let handle = std::thread::spawn(move || {
-            let mut peak = vm_rss_kib();
-            while !flag.load(Ordering::Relaxed) {
-                peak = peak.max(vm_rss_kib());
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            peak.max(vm_rss_kib())
-        });
-        RssSampler { stop, handle }
-    }
-    fn peak_kib(self) -> u64 {
-        self.stop.store(true, Ordering::Relaxed);
-        self.handle.join().expect("sampler thread")
-    }
-}
-
-type ClientBody = BoxBody<Bytes, Infallible>;
-
-/// `total` bytes in 64 KiB chunks, produced lazily from one shared buffer.
-fn generated_body(total: u64) -> ClientBody {
-    const CHUNK: u64 = 64 * 1024;
-    let chunk = Bytes::from(vec![b'y'; CHUNK as usize]);
-    let n = total.div_ceil(CHUNK);
-    let frames = (0..n).map(move |i| {
-        let len = if i + 1 == n { total - i * CHUNK } else { CHUNK };
-        Ok::<_, Infallible>(Frame::data(chunk.slice(0..len as usize)))
-    });
-    StreamBody::new(futures_util::stream::iter(frames)).boxed()
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn large_bodies_stream_both_ways_without_buffering() {
-    bounded(240, async {
-        let env = Env::new("fwd-k8").await;
-        let rest = format!(
-            "{}{}{}",
-            upstream_toml("books", &env.books.url),
-            route("/upload", r#"["POST"]"#, "books"),
-            route("/big", r#"["GET"]"#, "books"),
-        );
-        let gw = Gateway::start(&config(env.jwks_url(), r#"request_timeout = "200s""#, "", &rest)).await;
-        let auth = format!("Bearer {}", env.token());
-        let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-            .build_http::<ClientBody>();
-
-        // Warm up: one small request so connection pools and lazy statics exist before measuring.
-        let req = hyper::Request::post(format!("{}/upload", gw.url))
-            .header("authorization", &auth)
-            .body(generated_body(1024))
-            .unwrap();
-        let resp = client.request(req).await.expect("warm-up request");
-        assert_eq!(resp.status(), 200);
-        resp.into_body().collect().await.unwrap();
-        wait_count(&env.books, 1).await;
-        assert_eq!(env.books.last().unwrap().body_len, 1024);
-
-        // 64 MiB upload, chunked, generated on the fly.
-        let upload = 64 * MIB;
-        let before = vm_rss_kib();
-        let sampler = RssSampler::start();
-        let req = hyper::Request::post(format!("{}/upload", gw.url))
-            .header("authorization", &auth)
-            .body(generated_body(upload))
-            .unwrap();
-        let resp = client.request(req).await.expect("upload request");
-        assert_eq!(resp.status(), 200);
-        resp.into_body().collect().await.unwrap();
-        let peak = sampler.peak_kib();
-        wait_count(&env.books, 2).await;
-        let r = env.books.last().unwrap();
-        assert_eq!(r.method, "POST");
-        assert_eq!(r.target, "/upload");
-        assert_eq!(r.body_len, upload, "upstream got {} bytes", r.body_len);
-        let growth = peak.saturating_sub(before) * 1024;
-        eprintln!("64 MiB upload: RSS {before} KiB -> peak {peak} KiB");
-        assert!(growth < 32 * MIB, "RSS grew by {} MiB while streaming a 64 MiB request body", growth / MIB);
-
-        // 256 MiB download, counted and dropped chunk by chunk.
-        let download: u64 = 256 * MIB;
-        let before = vm_rss_kib();
-        let sampler = RssSampler::start();
-        let req = hyper::Request::get(format!("{}/big?bytes={download}", gw.url))
-            .header("authorization", &auth)
-            .body(Empty::<Bytes>::new().boxed())
-            .unwrap();
-        let resp = client.request(req).await.expect("download request");
-        assert_eq!(resp.status(), 200);
-        let mut body = resp.into_body();
-        let mut received: u64 = 0;
-        let mut wrong_bytes = 0u64;
-        while let Some(frame) = body.frame().await {
-            let frame = frame.expect("download body error");
-            if let Some(data) = frame.data_ref() {
-                received += data.len() as u64;
-                wrong_bytes += data.iter().filter(|&&b| b != b'x').count() as u64;
-            }
-        }
-        let peak = sampler.peak_kib();
-        assert_eq!(received, download, "response truncated or padded");
-        assert_eq!(wrong_bytes, 0, "response content altered");
-        assert_eq!(env.books.last().unwrap().target, format!("/big?bytes={download}"));
-        let growth = peak.saturating_sub(before) * 1024;
-        eprintln!("256 MiB download: RSS {before} KiB -> peak {peak} KiB");
-        assert!(growth < 64 * MIB, "RSS grew by {} MiB while streaming a 256 MiB response", growth / MIB);
-        drop(client);
-        gw.stop().await;
-    })
-    .await;
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http2_prior_knowledge_end_to_end() {
-    bounded(30, async {
+    bounded(30, "test", async {
         let env = Env::new("fwd-k9").await;
-        let rest = format!("{}{}", upstream_toml("books", &env.books.url), route("/book", r#"["GET"]"#, "books"),);
+        let rest = format!("{}{}", upstream_toml("books", &env.books.url), route("/book", &["GET"], "books"),);
         let gw = Gateway::start(&config(env.jwks_url(), "", "", &rest)).await;
 
         let tcp = TcpStream::connect(gw.addr).await.unwrap();
@@ -548,16 +361,11 @@ async fn http2_prior_knowledge_end_to_end() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mock_route_answers_after_auth() {
-    bounded(30, async {
+    bounded(30, "test", async {
         let env = Env::new("fwd-k10").await;
-        let rest = r#"
-[[routes]]
-path = "/mock"
-methods = ["GET"]
-scopes = ["API/book.get"]
-response = { status = 201, content_type = "text/plain", body = "hi" }
-"#;
-        let gw = Gateway::start(&config(env.jwks_url(), "", "", rest)).await;
+        let rest =
+            route_toml("/mock", &["GET"], &[&scopes(&["API/book.get"]), &response_line(201, "text/plain", "hi")]);
+        let gw = Gateway::start(&config(env.jwks_url(), "", "", &rest)).await;
 
         let resp = get(&gw, "/mock", Some(&env.token())).await;
         assert_eq!(resp.status, 201);
@@ -581,26 +389,11 @@ response = { status = 201, content_type = "text/plain", body = "hi" }
     .await;
 }
 
-/// Reads from `s` until the end of a response head; returns (head, bytes after it).
-async fn read_head(s: &mut TcpStream) -> (String, Vec<u8>) {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    loop {
-        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&buf[..i]).into_owned();
-            return (head, buf[i + 4..].to_vec());
-        }
-        let n = s.read(&mut chunk).await.expect("read response head");
-        assert!(n > 0, "connection closed before a response head: {:?}", String::from_utf8_lossy(&buf));
-        buf.extend_from_slice(&chunk[..n]);
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websocket_upgrade_passes_through_on_authorized_route() {
-    bounded(30, async {
+    bounded(30, "test", async {
         let env = Env::new("fwd-k11").await;
-        let rest = format!("{}{}", upstream_toml("books", &env.books.url), route("/ws", r#"["GET"]"#, "books"),);
+        let rest = format!("{}{}", upstream_toml("books", &env.books.url), route("/ws", &["GET"], "books"),);
         let gw = Gateway::start(&config(env.jwks_url(), "", "", &rest)).await;
         let upgrade = |auth: Option<&str>| {
             let mut s = String::from(
@@ -669,9 +462,9 @@ async fn raw_tolerant(addr: SocketAddr, req: &[u8]) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_request_head_is_431() {
-    bounded(30, async {
+    bounded(30, "test", async {
         let env = Env::new("fwd-k12").await;
-        let rest = format!("{}{}", upstream_toml("books", &env.books.url), route("/book", r#"["GET"]"#, "books"),);
+        let rest = format!("{}{}", upstream_toml("books", &env.books.url), route("/book", &["GET"], "books"),);
         let gw = Gateway::start(&config(env.jwks_url(), "max_header_bytes = 8192", "", &rest)).await;
         let auth = format!("Bearer {}", env.token());
 
@@ -748,7 +541,7 @@ async fn counting_upstream(mode: UpstreamConns) -> (SocketAddr, Arc<AtomicUsize>
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_connections_are_reused_and_closed_ones_replaced() {
-    bounded(60, async {
+    bounded(60, "test", async {
         let env = Env::new("fwd-conns").await;
         let token = env.token();
         for (mode, connections) in
@@ -756,7 +549,7 @@ async fn upstream_connections_are_reused_and_closed_ones_replaced() {
         {
             let (addr, accepted, task) = counting_upstream(mode).await;
             let rest =
-                format!("{}{}", upstream_toml("raw", &format!("http://{addr}")), route("/book", r#"["GET"]"#, "raw"));
+                format!("{}{}", upstream_toml("raw", &format!("http://{addr}")), route("/book", &["GET"], "raw"));
             let gw = Gateway::start(&config(env.jwks_url(), "", "", &rest)).await;
             for i in 0..20 {
                 let r = get(&gw, "/book", Some(&token)).await;
@@ -782,12 +575,12 @@ fn folded(name: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn underscore_spellings_of_stripped_and_gateway_set_headers_do_not_reach_the_upstream() {
-    bounded(30, async {
+    bounded(30, "test", async {
         let env = Env::new("fwd-us").await;
         let rest = format!(
             "{}{}{}",
             upstream_toml("books", &env.books.url),
-            route("/book", r#"["GET"]"#, "books"),
+            route("/book", &["GET"], "books"),
             public_route("/public", "books"),
         );
         let gw = Gateway::start(&config(env.jwks_url(), "", "", &rest)).await;
@@ -886,7 +679,7 @@ const STRIPPED_FORWARDING: [&str; 21] = [
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_forwarding_headers_are_stripped_or_overwritten() {
-    bounded(30, async {
+    bounded(30, "test", async {
         let env = Env::new("fwd-fh").await;
         let rest = format!("{}{}", upstream_toml("books", &env.books.url), public_route("/public", "books"));
         let gw = Gateway::start(&config(env.jwks_url(), "", "", &rest)).await;
@@ -934,7 +727,7 @@ async fn client_forwarding_headers_are_stripped_or_overwritten() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_connection_line_of_a_request_counts() {
-    bounded(30, async {
+    bounded(30, "test", async {
         let env = Env::new("fwd-cr").await;
         let rest = format!("{}{}", upstream_toml("books", &env.books.url), public_route("/public", "books"));
         let gw = Gateway::start(&config(env.jwks_url(), "", "", &rest)).await;
@@ -995,7 +788,7 @@ async fn scripted_upstream(resp: &'static [u8]) -> (SocketAddr, tokio::task::Joi
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_connection_line_of_a_response_counts() {
-    bounded(30, async {
+    bounded(30, "test", async {
         let env = Env::new("fwd-cs").await;
         let (addr, task) = scripted_upstream(
             b"HTTP/1.1 200 OK\r\n\
@@ -1026,9 +819,9 @@ async fn every_connection_line_of_a_response_counts() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_header_named_like_a_stripped_family_follows_forward_token() {
-    bounded(30, async {
+    bounded(30, "test", async {
         let env = Env::new("fwd-th").await;
-        let rest = format!("{}{}", upstream_toml("books", &env.books.url), route("/book", r#"["GET"]"#, "books"));
+        let rest = format!("{}{}", upstream_toml("books", &env.books.url), route("/book", &["GET"], "books"));
         let auth = format!("Bearer {}", env.token());
         let headers = [("X-Auth-Token", auth.as_str()), ("x_auth_token", "evil-token")];
         for (forward, want) in [("true", Some(auth.as_str())), ("false", None)] {

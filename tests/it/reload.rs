@@ -10,8 +10,7 @@
 //! fast something happened. The watcher's 5 s fallback poll also applies file changes, so these
 //! deadlines prove that a change is applied, not that a file event (rather than the poll) did it.
 
-mod common;
-use common::*;
+use crate::common::*;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -29,114 +28,13 @@ use tokio::net::TcpStream;
 use tokio::task::JoinSet;
 use tokio::time::{sleep, timeout, Instant};
 
-const UNAUTHORIZED: &str = r#"{"message":"Unauthorized"}"#;
-const UNAVAILABLE: &str = r#"{"message":"Service Unavailable"}"#;
-const INVALID_TOKEN: &str = r#"Bearer error="invalid_token""#;
 /// The extra line of a public (no token needed) route.
-const PUBLIC: &str = "auth = \"none\"";
-/// Bound on `Server::start` and `Server::shutdown`.
-const SERVER_TIMEOUT: Duration = Duration::from_secs(30);
 /// Deadline for an eventual effect (a reload, a refresh) to become visible.
 const EVENTUALLY: Duration = Duration::from_secs(15);
 
 // ---------------------------------------------------------------------------------------------
-// A gateway whose `scopegate::Server` the test can reach (ready, reload, metrics)
-// ---------------------------------------------------------------------------------------------
-
-struct Gw {
-    addr: SocketAddr,
-    /// The path the server was started on (it may be a symlink).
-    config: PathBuf,
-    /// Removed on drop, after the server stopped.
-    dir: tempfile::TempDir,
-    server: Option<scopegate::Server>,
-}
-
-impl Gw {
-    /// Writes `toml` as `gateway.toml` (and `files`, relative to its directory) into a fresh
-    /// temp dir and starts the server on it.
-    async fn start_with_files(toml: &str, files: &[(&str, &str)]) -> Gw {
-        let dir = tempfile::tempdir().expect("tempdir");
-        for (name, contents) in files {
-            write_new(&dir.path().join(name), contents);
-        }
-        let config = dir.path().join("gateway.toml");
-        std::fs::write(&config, toml).expect("write gateway.toml");
-        Gw::start_at(dir, config).await
-    }
-
-    async fn start(toml: &str) -> Gw {
-        Gw::start_with_files(toml, &[]).await
-    }
-
-    /// Starts the server on `config`, which the caller laid out inside `dir`.
-    async fn start_at(dir: tempfile::TempDir, config: PathBuf) -> Gw {
-        let started = timeout(SERVER_TIMEOUT, scopegate::Server::start(&config))
-            .await
-            .unwrap_or_else(|_| panic!("Server::start did not return within {SERVER_TIMEOUT:?}"));
-        let server = started.unwrap_or_else(|e| {
-            let text = std::fs::read_to_string(&config).unwrap_or_default();
-            panic!("gateway failed to start: {e}\n--- {} ---\n{text}", config.display())
-        });
-        Gw { addr: server.local_addr(), config, dir, server: Some(server) }
-    }
-
-    fn server(&self) -> &scopegate::Server {
-        self.server.as_ref().expect("server is running")
-    }
-
-    async fn get(&self, path: &str, token: Option<&str>) -> Resp {
-        match token {
-            Some(token) => {
-                let auth = format!("Bearer {token}");
-                send_to(self.addr, "GET", path, &[("authorization", &auth)], "").await
-            }
-            None => send_to(self.addr, "GET", path, &[], "").await,
-        }
-    }
-
-    /// `scopegate_config_reloads_total{result}`.
-    fn reloads(&self, result: &str) -> u64 {
-        self.server().metrics().config_reloads.with_label_values(&[result]).get()
-    }
-
-    /// `scopegate_jwks_refreshes_total{issuer=ISS, result}`.
-    fn jwks_refreshes(&self, result: &str) -> u64 {
-        self.server().metrics().jwks_refreshes.with_label_values(&[ISS, result]).get()
-    }
-
-    /// Replaces gateway.toml the way editors do: write a temp file, rename it over.
-    fn rewrite(&self, toml: &str) {
-        replace_by_rename(&self.config, toml);
-    }
-
-    async fn stop(mut self) {
-        if let Some(server) = self.server.take() {
-            let stopped = timeout(SERVER_TIMEOUT, server.shutdown()).await;
-            assert!(stopped.is_ok(), "Server::shutdown did not finish within {SERVER_TIMEOUT:?}");
-        }
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
 // Files
 // ---------------------------------------------------------------------------------------------
-
-/// Creates `path` (and its parent directories) with `contents`.
-fn write_new(path: &Path, contents: &str) {
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent).unwrap_or_else(|e| panic!("{}: {e}", parent.display()));
-    }
-    std::fs::write(path, contents).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-}
-
-/// Writes `contents` to a hidden temp file next to `path`, then renames it over `path`.
-fn replace_by_rename(path: &Path, contents: &str) {
-    let name = path.file_name().expect("a file name").to_string_lossy();
-    let tmp = path.with_file_name(format!(".{name}.tmp"));
-    std::fs::write(&tmp, contents).unwrap_or_else(|e| panic!("{}: {e}", tmp.display()));
-    std::fs::rename(&tmp, path).unwrap_or_else(|e| panic!("rename onto {}: {e}", path.display()));
-}
 
 /// Truncates `path` and writes `contents` into the same inode, in two writes.
 fn rewrite_in_place(path: &Path, contents: &str) {
@@ -156,41 +54,15 @@ fn rewrite_in_place(path: &Path, contents: &str) {
 // Config and tokens
 // ---------------------------------------------------------------------------------------------
 
-/// `[server]` on 127.0.0.1:0 with `extra` lines.
-fn server_toml(extra: &str) -> String {
-    format!("[server]\nlisten = \"127.0.0.1:0\"\n{extra}\n\n")
-}
-
-/// One `[[auth.issuers]]` for [`ISS`]; `source` is its key-source line.
-fn issuer_toml(source: &str, extra: &str) -> String {
-    format!("[[auth.issuers]]\nissuer = {}\n{source}\n{extra}\n\n", toml_str(ISS))
-}
-
-fn jwks_uri(url: &str) -> String {
-    format!("jwks_uri = {}", toml_str(url))
-}
-
 /// A `GET path` route answering 200 text/plain `body` (a mock integration); `extra` lines
 /// (e.g. [`PUBLIC`]) are added to the route table.
 fn mock_route(path: &str, body: &str, extra: &str) -> String {
-    format!(
-        "[[routes]]\npath = {}\nmethods = [\"GET\"]\n{extra}\nresponse = {{ status = 200, content_type = \"text/plain\", body = {} }}\n\n",
-        toml_str(path),
-        toml_str(body)
-    )
+    route_toml(path, &["GET"], &[extra, &mock_response("text/plain", body)])
 }
 
 /// A `GET path` route forwarding to `[upstreams.<upstream>]`.
 fn upstream_route(path: &str, upstream: &str, extra: &str) -> String {
-    format!(
-        "[[routes]]\npath = {}\nmethods = [\"GET\"]\nupstream = {}\n{extra}\n\n",
-        toml_str(path),
-        toml_str(upstream)
-    )
-}
-
-fn upstream_toml(name: &str, url: &str) -> String {
-    format!("[upstreams.{name}]\nurl = {}\n\n", toml_str(url))
+    route_toml(path, &["GET"], &[&forward_to(upstream), extra])
 }
 
 /// A fresh valid token (new `jti`, so never a token-cache hit) signed by `key`.
@@ -259,22 +131,7 @@ fn answered(resp: &Resp, body: &str) -> Result<(), String> {
 
 /// One GET over a fresh connection; transport problems are `Err`.
 async fn try_get(addr: SocketAddr, path: &str) -> Result<(u16, String), String> {
-    let exchange = async {
-        let stream = TcpStream::connect(addr).await.map_err(|e| format!("connect {addr}: {e}"))?;
-        let (mut sender, conn) =
-            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| e.to_string())?;
-        let conn = tokio::spawn(conn);
-        let req = hyper::Request::get(path)
-            .header(HOST, addr.to_string())
-            .body(Empty::<Bytes>::new())
-            .map_err(|e| e.to_string())?;
-        let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
-        let status = resp.status().as_u16();
-        let body = resp.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
-        conn.abort();
-        Ok((status, String::from_utf8_lossy(&body).into_owned()))
-    };
-    timeout(Duration::from_secs(5), exchange).await.map_err(|_| format!("GET {path}: timed out"))?
+    try_send_to(addr, "GET", path, &[], "").await.map(|r| (r.status, r.body))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -332,9 +189,9 @@ async fn rotated_key_is_picked_up_through_its_unknown_kid() {
     let (a, b) = (rs256("rot-a"), rs256("rot-b"));
     let jwks = JwksServer::start(vec![a.jwk()]).await;
     let toml = server_toml("")
-        + &issuer_toml(&jwks_uri(&jwks.url), "kid_miss_cooldown = \"30s\"")
+        + &issuer_toml(ISS, &jwks_uri(&jwks.url), &[], "kid_miss_cooldown = \"30s\"")
         + &mock_route("/r", "ok", "");
-    let gw = Gw::start(&toml).await;
+    let gw = Gateway::start(&toml).await;
     assert_ok(&gw.get("/r", Some(&token(&a))).await, "ok", "token signed by the first key");
 
     // The provider rotates: B is published, A withdrawn.
@@ -375,9 +232,9 @@ async fn unknown_kid_flood_causes_at_most_one_refetch_per_cooldown() {
     let a = rs256("flood-a");
     let jwks = JwksServer::start(vec![a.jwk()]).await;
     let toml = server_toml("")
-        + &issuer_toml(&jwks_uri(&jwks.url), "kid_miss_cooldown = \"30s\"")
+        + &issuer_toml(ISS, &jwks_uri(&jwks.url), &[], "kid_miss_cooldown = \"30s\"")
         + &mock_route("/r", "ok", "");
-    let gw = Gw::start(&toml).await;
+    let gw = Gateway::start(&toml).await;
     assert_ok(&gw.get("/r", Some(&token(&a))).await, "ok", "valid token");
     let loaded = jwks.hits();
 
@@ -416,8 +273,10 @@ async fn unknown_kid_flood_causes_at_most_one_refetch_per_cooldown() {
 async fn provider_outage_keeps_the_last_good_keys() {
     let a = rs256("down-a");
     let jwks = JwksServer::start(vec![a.jwk()]).await;
-    let toml = server_toml("") + &issuer_toml(&jwks_uri(&jwks.url), "refresh = \"1s\"") + &mock_route("/r", "ok", "");
-    let gw = Gw::start(&toml).await;
+    let toml = server_toml("")
+        + &issuer_toml(ISS, &jwks_uri(&jwks.url), &[], "refresh = \"1s\"")
+        + &mock_route("/r", "ok", "");
+    let gw = Gateway::start(&toml).await;
     assert_ok(&gw.get("/r", Some(&token(&a))).await, "ok", "before the outage");
 
     // The provider answers 500 for a few refresh cycles.
@@ -464,9 +323,9 @@ async fn garbage_jwks_answers_are_ignored() {
     let es = TestKey::generate(Algorithm::ES256, "garbage-es");
     let jwks = JwksServer::start(vec![a.jwk()]).await;
     let toml = server_toml("")
-        + &issuer_toml(&jwks_uri(&jwks.url), "refresh = \"1s\"\nalgorithms = [\"RS256\"]")
+        + &issuer_toml(ISS, &jwks_uri(&jwks.url), &[], "refresh = \"1s\"\nalgorithms = [\"RS256\"]")
         + &mock_route("/r", "ok", "");
-    let gw = Gw::start(&toml).await;
+    let gw = Gateway::start(&toml).await;
     assert_ok(&gw.get("/r", Some(&token(&a))).await, "ok", "before the garbage");
 
     let only_es = json!({ "keys": [es.jwk()] }).to_string();
@@ -510,12 +369,12 @@ async fn cache_control_max_age_shortens_the_refresh_interval() {
 
     let gateway = |url: &str, refresh: &str| {
         server_toml("")
-            + &issuer_toml(&jwks_uri(url), &format!("refresh = {}", toml_str(refresh)))
+            + &issuer_toml(ISS, &jwks_uri(url), &[], &format!("refresh = {}", toml_str(refresh)))
             + &mock_route("/r", "ok", "")
     };
-    let gw_short = Gw::start(&gateway(&short.url, "1h")).await;
-    let gw_none = Gw::start(&gateway(&none.url, "1h")).await;
-    let gw_long = Gw::start(&gateway(&long.url, "1s")).await;
+    let gw_short = Gateway::start(&gateway(&short.url, "1h")).await;
+    let gw_none = Gateway::start(&gateway(&none.url, "1h")).await;
+    let gw_long = Gateway::start(&gateway(&long.url, "1s")).await;
     let started = Instant::now();
     let (s0, l0) = (short.hits(), long.hits());
     assert_eq!(none.hits(), 1, "one fetch at start");
@@ -561,10 +420,10 @@ async fn issuer_without_keys_is_not_ready_and_answers_503() {
     jwks.set_raw(500, r#"{"error":"starting"}"#);
     // `refresh` caps the retry backoff, so the keys arrive soon after the provider recovers.
     let toml = server_toml("admin_listen = \"127.0.0.1:0\"")
-        + &issuer_toml(&jwks_uri(&jwks.url), "refresh = \"2s\"")
+        + &issuer_toml(ISS, &jwks_uri(&jwks.url), &[], "refresh = \"2s\"")
         + &mock_route("/r", "ok", "")
         + &mock_route("/open", "open", PUBLIC);
-    let gw = Gw::start(&toml).await;
+    let gw = Gateway::start(&toml).await;
     let admin = gw.server().admin_addr().expect("admin listener");
 
     assert!(!gw.server().ready(), "ready although the issuer has no keys");
@@ -595,7 +454,7 @@ async fn issuer_without_keys_is_not_ready_and_answers_503() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_edit_keeps_the_old_routes() {
     let v1 = server_toml("") + &mock_route("/a", "A", PUBLIC);
-    let gw = Gw::start(&v1).await;
+    let gw = Gateway::start(&v1).await;
     assert_ok(&gw.get("/a", None).await, "A", "before any edit");
     assert_eq!(gw.get("/b", None).await.status, 404);
 
@@ -654,7 +513,7 @@ async fn invalid_edit_keeps_the_old_routes() {
 #[cfg(unix)]
 fn configmap_init(dir: &Path, revision: &str, files: &[(&str, &str)]) {
     for (name, contents) in files {
-        write_new(&dir.join(revision).join(name), contents);
+        write_file(&dir.join(revision).join(name), contents);
         std::os::unix::fs::symlink(format!("..data/{name}"), dir.join(name)).expect("symlink NAME -> ..data/NAME");
     }
     std::os::unix::fs::symlink(revision, dir.join("..data")).expect("symlink ..data");
@@ -666,7 +525,7 @@ fn configmap_init(dir: &Path, revision: &str, files: &[(&str, &str)]) {
 #[cfg(unix)]
 fn configmap_update(dir: &Path, revision: &str, previous: &str, files: &[(&str, &str)]) {
     for (name, contents) in files {
-        write_new(&dir.join(revision).join(name), contents);
+        write_file(&dir.join(revision).join(name), contents);
     }
     let tmp = dir.join("..data_tmp");
     std::os::unix::fs::symlink(revision, &tmp).expect("symlink ..data_tmp");
@@ -681,7 +540,7 @@ async fn configmap_symlink_swap_reloads() {
     let v1 = server_toml("") + &mock_route("/a", "A", PUBLIC);
     configmap_init(dir.path(), "..2026_01", &[("gateway.toml", &v1)]);
     let config = dir.path().join("gateway.toml");
-    let gw = Gw::start_at(dir, config).await;
+    let gw = Gateway::start_at(dir, config).await;
     let root = gw.dir.path().to_owned();
     assert_ok(&gw.get("/a", None).await, "A", "first revision");
 
@@ -710,13 +569,13 @@ async fn configmap_symlink_swap_reloads() {
 async fn configmap_swap_rotates_a_mounted_jwks_file() {
     let (a, b) = (rs256("cm-a"), rs256("cm-b"));
     let toml = server_toml("")
-        + &issuer_toml("jwks_file = \"jwks.json\"", "kid_miss_cooldown = \"30s\"")
+        + &issuer_toml(ISS, "jwks_file = \"jwks.json\"", &[], "kid_miss_cooldown = \"30s\"")
         + &mock_route("/r", "ok", "");
     let dir = tempfile::tempdir().expect("tempdir");
     let jwks_a = json!({ "keys": [a.jwk()] }).to_string();
     configmap_init(dir.path(), "..2026_01", &[("gateway.toml", &toml), ("jwks.json", &jwks_a)]);
     let config = dir.path().join("gateway.toml");
-    let gw = Gw::start_at(dir, config).await;
+    let gw = Gateway::start_at(dir, config).await;
     let root = gw.dir.path().to_owned();
     assert_ok(&gw.get("/r", Some(&token(&a))).await, "ok", "first revision's key");
     // Uses up the unknown-kid re-read for 30 s: only the watcher can bring B in below.
@@ -753,7 +612,7 @@ async fn configmap_swap_rotates_a_mounted_jwks_file() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn editor_rename_and_in_place_writes_reload() {
     let v1 = server_toml("") + &mock_route("/a", "A", PUBLIC);
-    let gw = Gw::start(&v1).await;
+    let gw = Gateway::start(&v1).await;
     assert_ok(&gw.get("/a", None).await, "A", "before any edit");
 
     // Write a temp file, rename it over the config.
@@ -790,9 +649,9 @@ async fn jwks_file_changes_are_picked_up_without_a_reload_call() {
     let (a, b) = (rs256("file-a"), rs256("file-b"));
     let jwks_a = json!({ "keys": [a.jwk()] }).to_string();
     let toml = server_toml("")
-        + &issuer_toml("jwks_file = \"keys/jwks.json\"", "kid_miss_cooldown = \"30s\"")
+        + &issuer_toml(ISS, "jwks_file = \"keys/jwks.json\"", &[], "kid_miss_cooldown = \"30s\"")
         + &mock_route("/r", "ok", "");
-    let gw = Gw::start_with_files(&toml, &[("keys/jwks.json", &jwks_a)]).await;
+    let gw = Gateway::start_with_files(&toml, &[("keys/jwks.json", &jwks_a)]).await;
     let file = gw.dir.path().join("keys/jwks.json");
     assert_ok(&gw.get("/r", Some(&token(&a))).await, "ok", "key from the file");
 
@@ -828,91 +687,48 @@ async fn jwks_file_changes_are_picked_up_without_a_reload_call() {
 // 11. SIGHUP, in the real binary (signals are process-wide; tests share one process)
 // ---------------------------------------------------------------------------------------------
 
-/// A port that was free a moment ago.
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    listener.local_addr().expect("local_addr").port()
+/// A config for the binary: `[server]` with the admin listener, `shutdown_grace = "2s"` and
+/// `server_extra` lines, `[log]` in text format, then `rest`.
+fn binary_toml(server_extra: &str, rest: &str) -> String {
+    server_admin_toml(&format!("shutdown_grace = \"2s\"\n{server_extra}")) + "[log]\nformat = \"text\"\n\n" + rest
 }
 
-/// The value of one Prometheus series (`name{labels}`) in a text exposition; 0 when absent.
-fn metric(text: &str, series: &str) -> f64 {
-    text.lines()
-        .filter_map(|line| line.strip_prefix(series))
-        .find_map(|rest| rest.strip_prefix(' ').and_then(|v| v.trim().parse().ok()))
-        .unwrap_or(0.0)
-}
-
-async fn signal(pid: u32, sig: &str) {
-    let status = tokio::process::Command::new("kill")
-        .args([sig, &pid.to_string()])
-        .status()
-        .await
-        .unwrap_or_else(|e| panic!("run kill {sig}: {e}"));
-    assert!(status.success(), "kill {sig} {pid}: {status}");
+/// The value of `series` in the binary's `GET /metrics` (admin listener).
+async fn binary_metric(bin: &Binary, series: &str) -> Result<f64, String> {
+    match try_get(bin.admin(), "/metrics").await? {
+        (200, text) => Ok(series_value(&text, series)),
+        (status, _) => Err(format!("/metrics: {status}")),
+    }
 }
 
 #[cfg(unix)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_rereads_the_config_in_the_binary() {
     const RELOADS_OK: &str = "scopegate_config_reloads_total{result=\"ok\"}";
-    let dir = tempfile::tempdir().expect("tempdir");
-    // The log lives outside the watched directory, so writing it stirs no file events there.
-    let config = dir.path().join("conf").join("gateway.toml");
-    let log_path = dir.path().join("scopegate.log");
-    let (port, admin_port) = (free_port(), free_port());
-    let (addr, admin): (SocketAddr, SocketAddr) =
-        (format!("127.0.0.1:{port}").parse().expect("addr"), format!("127.0.0.1:{admin_port}").parse().expect("addr"));
-    let head = format!(
-        "[server]\nlisten = \"{addr}\"\nadmin_listen = \"{admin}\"\nshutdown_grace = \"2s\"\n\n[log]\nformat = \"text\"\n\n"
-    );
-    let v1 = head + &mock_route("/a", "A", PUBLIC);
-    write_new(&config, &v1);
-    let log = std::fs::File::create(&log_path).expect("create log");
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_scopegate"))
-        .arg("--config")
-        .arg(&config)
-        .env("RUST_LOG", "info")
-        .env_remove("SCOPEGATE_CONFIG")
-        .stdin(std::process::Stdio::null())
-        .stdout(log.try_clone().expect("clone log handle"))
-        .stderr(log)
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn scopegate");
-    let pid = child.id().expect("child pid");
-    let read_log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    // The config sits in a directory of its own; the output goes to pipes, so writing it stirs
+    // no file events there.
+    let v1 = binary_toml("", &mock_route("/a", "A", PUBLIC));
+    let mut bin = Binary::options(&v1).config_at("conf/gateway.toml").start().await;
+    let (addr, config) = (bin.addr, bin.config_path().to_path_buf());
 
     // Up and serving.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            panic!("scopegate exited at start ({status}); log:\n{}", read_log());
-        }
+        assert!(bin.running(), "scopegate exited at start; log:\n{}", bin.log());
         if let Ok((200, body)) = try_get(addr, "/a").await {
             assert_eq!(body, "A");
             break;
         }
-        assert!(Instant::now() < deadline, "scopegate did not serve /a within 30 s; log:\n{}", read_log());
+        assert!(Instant::now() < deadline, "scopegate did not serve /a within 30 s; log:\n{}", bin.log());
         sleep(Duration::from_millis(100)).await;
     }
-    let metrics = || async {
-        let (status, text) = try_get(admin, "/metrics").await?;
-        if status == 200 {
-            Ok(text)
-        } else {
-            Err(format!("/metrics: {status}"))
-        }
-    };
-    let before = metric(&metrics().await.expect("metrics"), RELOADS_OK);
-    // The signal handler is installed by a task spawned just before the listener's; give it a
-    // moment so the signal cannot arrive before it (the default action would end the process).
-    sleep(Duration::from_millis(300)).await;
+    let before = binary_metric(&bin, RELOADS_OK).await.expect("metrics");
 
     // SIGHUP with the file untouched: the watcher reloads only on changed contents, so a
     // counted reload here is the signal's doing alone.
-    signal(pid, "-HUP").await;
+    bin.signal("HUP");
     eventually("a reload counted after SIGHUP", EVENTUALLY, || async {
-        let now = metric(&metrics().await?, RELOADS_OK);
+        let now = binary_metric(&bin, RELOADS_OK).await?;
         if now > before {
             Ok(())
         } else {
@@ -920,13 +736,13 @@ async fn sighup_rereads_the_config_in_the_binary() {
         }
     })
     .await;
-    assert!(child.try_wait().expect("try_wait").is_none(), "SIGHUP ended the process; log:\n{}", read_log());
+    assert!(bin.running(), "SIGHUP ended the process; log:\n{}", bin.log());
     // The log is written by a writer thread, possibly after the metric moved.
     eventually("SIGHUP logged", EVENTUALLY, || async {
-        if read_log().contains("SIGHUP") {
+        if bin.log().contains("SIGHUP") {
             Ok(())
         } else {
-            Err(format!("log:\n{}", read_log()))
+            Err(format!("log:\n{}", bin.log()))
         }
     })
     .await;
@@ -935,7 +751,7 @@ async fn sighup_rereads_the_config_in_the_binary() {
     // An edit followed by SIGHUP takes effect (the watcher may well see the edit first).
     let v2 = v1 + &mock_route("/b", "B", PUBLIC);
     rewrite_in_place(&config, &v2);
-    signal(pid, "-HUP").await;
+    bin.signal("HUP");
     eventually("the edited route answers after SIGHUP", EVENTUALLY, || async {
         match try_get(addr, "/b").await? {
             (200, body) if body == "B" => Ok(()),
@@ -945,12 +761,7 @@ async fn sighup_rereads_the_config_in_the_binary() {
     .await;
 
     // SIGTERM: drains and exits 0.
-    signal(pid, "-TERM").await;
-    let status = timeout(Duration::from_secs(20), child.wait())
-        .await
-        .unwrap_or_else(|_| panic!("no exit within 20 s of SIGTERM; log:\n{}", read_log()))
-        .expect("wait");
-    assert!(status.success(), "exit status {status}; log:\n{}", read_log());
+    bin.stop().await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1036,13 +847,13 @@ async fn reloads_under_load_drop_nothing() {
     let (u1, u2) = (Upstream::start("u1").await, Upstream::start("u2").await);
     let config = |letter: &str, upstream: &Upstream| {
         server_toml("")
-            + &issuer_toml(&jwks_uri(&jwks.url), "")
+            + &issuer_toml(ISS, &jwks_uri(&jwks.url), &[], "")
             + &upstream_toml("main", &upstream.url)
             + &mock_route("/m", letter, "")
             + &upstream_route("/up", "main", "")
     };
     let (config_a, config_b) = (config("A", &u1), config("B", &u2));
-    let gw = Gw::start(&config_a).await;
+    let gw = Gateway::start(&config_a).await;
     assert_ok(&gw.get("/m", Some(&token(&a))).await, "A", "before the load");
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -1108,11 +919,11 @@ async fn unrelated_edit_keeps_issuer_keys_without_refetch() {
     let jwks = JwksServer::start(vec![a.jwk()]).await;
     let books = Upstream::start("books").await;
     let v1 = server_toml("")
-        + &issuer_toml(&jwks_uri(&jwks.url), "")
+        + &issuer_toml(ISS, &jwks_uri(&jwks.url), &[], "")
         + &upstream_toml("books", &books.url)
         + &upstream_route("/book", "books", "")
         + &mock_route("/a", "A", "");
-    let gw = Gw::start(&v1).await;
+    let gw = Gateway::start(&v1).await;
     let resp = gw.get("/book", Some(&token(&a))).await;
     assert_eq!(resp.status, 200, "before the edit: {resp:?}");
     let (hits, fetches) = (jwks.hits(), gw.jwks_refreshes("ok"));
@@ -1139,9 +950,9 @@ async fn slow_refetch_does_not_hold_up_known_keys() {
     let a = rs256("slow-a");
     let jwks = CachingJwks::start(json!({ "keys": [a.jwk()] }).to_string(), None).await;
     let toml = server_toml("")
-        + &issuer_toml(&jwks_uri(&jwks.url), "kid_miss_cooldown = \"30s\"")
+        + &issuer_toml(ISS, &jwks_uri(&jwks.url), &[], "kid_miss_cooldown = \"30s\"")
         + &mock_route("/r", "ok", "");
-    let gw = Gw::start(&toml).await;
+    let gw = Gateway::start(&toml).await;
     assert_ok(&gw.get("/r", Some(&token(&a))).await, "ok", "before the provider slows down");
 
     jwks.set_delay(Duration::from_secs(3));
@@ -1178,11 +989,11 @@ async fn edit_adds_and_removes_issuers() {
     let (a, c) = (rs256("issuers-a"), rs256("issuers-c"));
     let (first, second) = (JwksServer::start(vec![a.jwk()]).await, JwksServer::start(vec![c.jwk()]).await);
     let token_c = || c.sign(&claims(ISS2, "reload-client", "API/read"));
-    let first_issuer = issuer_toml(&jwks_uri(&first.url), "refresh = \"1s\"");
+    let first_issuer = issuer_toml(ISS, &jwks_uri(&first.url), &[], "refresh = \"1s\"");
     let second_issuer =
         format!("[[auth.issuers]]\nissuer = {}\n{}\nrefresh = \"1s\"\n\n", toml_str(ISS2), jwks_uri(&second.url));
     let routes = mock_route("/r", "ok", "");
-    let gw = Gw::start(&(server_toml("") + &first_issuer + &routes)).await;
+    let gw = Gateway::start(&(server_toml("") + &first_issuer + &routes)).await;
     assert_ok(&gw.get("/r", Some(&token(&a))).await, "ok", "first issuer");
     assert_unauthorized(&gw.get("/r", Some(&token_c())).await, "issuer not yet configured");
 
@@ -1224,7 +1035,7 @@ async fn request_in_flight_finishes_on_its_snapshot() {
     let config = |upstream: &Upstream| {
         server_toml("") + &upstream_toml("main", &upstream.url) + &upstream_route("/{proxy+}", "main", PUBLIC)
     };
-    let gw = Gw::start(&config(&u1)).await;
+    let gw = Gateway::start(&config(&u1)).await;
 
     // "/slow" makes the upstream wait 3 s before answering.
     let addr = gw.addr;
@@ -1336,7 +1147,7 @@ const UNDER_NOISE: Duration = Duration::from_secs(10);
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_file_written_next_to_the_config_does_not_hold_reloads_up() {
     let v1 = server_toml("") + &mock_route("/a", "A", PUBLIC);
-    let gw = Gw::start(&v1).await;
+    let gw = Gateway::start(&v1).await;
     assert_ok(&gw.get("/a", None).await, "A", "before any edit");
     let log = Scribbler::start(gw.dir.path().join("gw.log")).await;
     let lines = log.lines();
@@ -1370,103 +1181,22 @@ async fn a_file_written_next_to_the_config_does_not_hold_reloads_up() {
     gw.stop().await;
 }
 
-/// The real binary, its output in `log` (which may sit next to its config), with an admin
-/// listener for `/metrics`.
-#[cfg(unix)]
-struct Binary {
-    child: tokio::process::Child,
-    pid: u32,
-    addr: SocketAddr,
-    admin: SocketAddr,
-    log: PathBuf,
-}
-
-#[cfg(unix)]
-impl Binary {
-    /// Writes `[server]` (listen, admin_listen, `server_extra` lines) + `[log]` text + `rest`
-    /// to `config`, starts the binary on it and waits until it answers `GET probe` with 200.
-    async fn start(config: &Path, log: PathBuf, server_extra: &str, rest: &str, probe: &str) -> Binary {
-        let (addr, admin): (SocketAddr, SocketAddr) = (
-            format!("127.0.0.1:{}", free_port()).parse().expect("addr"),
-            format!("127.0.0.1:{}", free_port()).parse().expect("addr"),
-        );
-        let toml = Binary::config(addr, admin, server_extra, rest);
-        write_new(config, &toml);
-        let file = std::fs::File::create(&log).expect("create log");
-        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_scopegate"))
-            .arg("--config")
-            .arg(config)
-            .env("RUST_LOG", "info")
-            .env_remove("SCOPEGATE_CONFIG")
-            .stdin(std::process::Stdio::null())
-            .stdout(file.try_clone().expect("clone log handle"))
-            .stderr(file)
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn scopegate");
-        let pid = child.id().expect("child pid");
-        let mut bin = Binary { child, pid, addr, admin, log };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(status) = bin.child.try_wait().expect("try_wait") {
-                panic!("scopegate exited at start ({status}); log:\n{}", bin.read_log());
-            }
-            if let Ok((200, _)) = try_get(addr, probe).await {
-                break;
-            }
-            assert!(Instant::now() < deadline, "scopegate did not serve {probe} within 30 s; log:\n{}", bin.read_log());
-            sleep(Duration::from_millis(100)).await;
-        }
-        // The signal handler is installed by a task spawned just before the listener's; give
-        // it a moment so a SIGHUP cannot arrive before it (the default action ends the process).
-        sleep(Duration::from_millis(300)).await;
-        bin
-    }
-
-    fn config(addr: SocketAddr, admin: SocketAddr, server_extra: &str, rest: &str) -> String {
-        format!(
-            "[server]\nlisten = \"{addr}\"\nadmin_listen = \"{admin}\"\nshutdown_grace = \"2s\"\n{server_extra}\n\n[log]\nformat = \"text\"\n\n{rest}"
-        )
-    }
-
-    fn read_log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    async fn metric(&self, series: &str) -> Result<f64, String> {
-        match try_get(self.admin, "/metrics").await? {
-            (200, text) => Ok(metric(&text, series)),
-            (status, _) => Err(format!("/metrics: {status}")),
-        }
-    }
-
-    /// SIGTERM; the process drains and exits 0.
-    async fn stop(mut self) {
-        signal(self.pid, "-TERM").await;
-        let status = timeout(Duration::from_secs(20), self.child.wait())
-            .await
-            .unwrap_or_else(|_| panic!("no exit within 20 s of SIGTERM; log:\n{}", self.read_log()))
-            .expect("wait");
-        assert!(status.success(), "exit status {status}; log:\n{}", self.read_log());
-    }
-}
-
 #[cfg(unix)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_and_edits_reload_while_the_log_is_written_next_to_the_config() {
     const RELOADS_OK: &str = "scopegate_config_reloads_total{result=\"ok\"}";
-    let dir = tempfile::tempdir().expect("tempdir");
-    let config = dir.path().join("gateway.toml");
     // As in `scopegate > gw.log` run in the config's directory, plus a busier neighbour.
-    let bin = Binary::start(&config, dir.path().join("gw.log"), "", &mock_route("/a", "A", PUBLIC), "/a").await;
-    let noise = Scribbler::start(dir.path().join("sidecar.log")).await;
+    let bin = Binary::options(&binary_toml("", &mock_route("/a", "A", PUBLIC))).log_file("gw.log").start().await;
+    assert_eq!(try_get(bin.addr, "/a").await, Ok((200, "A".to_owned())), "at start");
+    let config = bin.config_path().to_path_buf();
+    let noise = Scribbler::start(bin.dir.path().join("sidecar.log")).await;
     let lines = noise.lines();
 
     // SIGHUP with the file untouched: a counted reload is the signal's doing alone.
-    let before = bin.metric(RELOADS_OK).await.expect("metrics");
-    signal(bin.pid, "-HUP").await;
+    let before = binary_metric(&bin, RELOADS_OK).await.expect("metrics");
+    bin.signal("HUP");
     eventually("a reload counted after SIGHUP under file noise", UNDER_NOISE, || async {
-        let now = bin.metric(RELOADS_OK).await?;
+        let now = binary_metric(&bin, RELOADS_OK).await?;
         if now > before {
             Ok(())
         } else {
@@ -1476,7 +1206,7 @@ async fn sighup_and_edits_reload_while_the_log_is_written_next_to_the_config() {
     .await;
 
     // An edit in place, no signal: the watcher applies it.
-    let v2 = Binary::config(bin.addr, bin.admin, "", &(mock_route("/a", "A", PUBLIC) + &mock_route("/b", "B", PUBLIC)));
+    let v2 = binary_toml("", &(mock_route("/a", "A", PUBLIC) + &mock_route("/b", "B", PUBLIC)));
     rewrite_in_place(&config, &v2);
     eventually("an edit applied by the watcher under file noise", UNDER_NOISE, || async {
         match try_get(bin.addr, "/b").await? {
@@ -1496,15 +1226,15 @@ async fn sighup_and_edits_reload_while_the_log_is_written_next_to_the_config() {
 // ---------------------------------------------------------------------------------------------
 
 /// `scopegate_config_restart_required{setting=...}` in the server's exposition.
-fn restart_required(gw: &Gw, setting: &str) -> f64 {
+fn restart_required(gw: &Gateway, setting: &str) -> f64 {
     let series = format!("scopegate_config_restart_required{{setting=\"{setting}\"}}");
-    metric(&gw.server().metrics().render(), &series)
+    series_value(&gw.server().metrics().render(), &series)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_connections_change_is_flagged_as_taking_a_restart() {
     let routes = mock_route("/a", "A", PUBLIC);
-    let gw = Gw::start(&(server_toml("max_connections = 100") + &routes)).await;
+    let gw = Gateway::start(&(server_toml("max_connections = 100") + &routes)).await;
     assert_eq!(restart_required(&gw, "server.max_connections"), 0.0, "at start");
 
     std::fs::write(&gw.config, server_toml("max_connections = 5") + &routes).expect("write");
@@ -1520,14 +1250,6 @@ async fn max_connections_change_is_flagged_as_taking_a_restart() {
     gw.stop().await;
 }
 
-/// A self-signed certificate for localhost / 127.0.0.1: (cert PEM, key PEM, cert DER).
-fn self_signed() -> (String, String, rustls_pki_types::CertificateDer<'static>) {
-    let key = rcgen::KeyPair::generate().expect("key pair");
-    let params = rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).expect("params");
-    let cert = params.self_signed(&key).expect("self-signed cert");
-    (cert.pem(), key.serialize_pem(), cert.der().clone())
-}
-
 /// GET `path` over TLS trusting only `cert`, `connection: close`: (status, body).
 async fn tls_get(
     addr: SocketAddr,
@@ -1535,21 +1257,8 @@ async fn tls_get(
     path: &str,
 ) -> Result<(u16, String), String> {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(cert.clone()).map_err(|e| e.to_string())?;
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let cfg = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
     let exchange = async {
-        let tcp = TcpStream::connect(addr).await.map_err(|e| format!("connect: {e}"))?;
-        let name = rustls_pki_types::ServerName::try_from("localhost").map_err(|e| e.to_string())?;
-        let mut tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
-            .connect(name, tcp)
-            .await
-            .map_err(|e| format!("TLS handshake: {e}"))?;
+        let mut tls = tls_connect(addr, &tls_client(&[cert], &[])).await?;
         let req = format!("GET {path} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n");
         tls.write_all(req.as_bytes()).await.map_err(|e| e.to_string())?;
         let mut buf = Vec::new();
@@ -1564,11 +1273,11 @@ async fn tls_get(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn removing_tls_is_flagged_as_taking_a_restart_and_tls_keeps_serving() {
-    let (cert_pem, key_pem, cert_der) = self_signed();
+    let (cert_pem, key_pem, cert_der) = self_signed("localhost", 1);
     let routes = mock_route("/a", "A", PUBLIC);
     let tls = "[server.tls]\ncert = \"cert.pem\"\nkey = \"key.pem\"\n\n";
     let with_tls = server_toml("") + tls + &routes;
-    let gw = Gw::start_with_files(&with_tls, &[("cert.pem", &cert_pem), ("key.pem", &key_pem)]).await;
+    let gw = Gateway::start_with_files(&with_tls, &[("cert.pem", &cert_pem), ("key.pem", &key_pem)]).await;
     assert_eq!(tls_get(gw.addr, &cert_der, "/a").await, Ok((200, "A".to_owned())), "TLS at start");
     assert_eq!(restart_required(&gw, "server.tls"), 0.0, "at start");
 
@@ -1588,17 +1297,21 @@ async fn removing_tls_is_flagged_as_taking_a_restart_and_tls_keeps_serving() {
 #[cfg(unix)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_binary_logs_settings_that_take_a_restart() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let config = dir.path().join("conf").join("gateway.toml");
     let routes = mock_route("/a", "A", PUBLIC);
-    let bin = Binary::start(&config, dir.path().join("out.log"), "max_connections = 100", &routes, "/a").await;
+    let bin = Binary::options(&binary_toml("max_connections = 100", &routes))
+        .config_at("conf/gateway.toml")
+        .log_file("out.log")
+        .start()
+        .await;
+    assert_eq!(try_get(bin.addr, "/a").await, Ok((200, "A".to_owned())), "at start");
+    let config = bin.config_path().to_path_buf();
     let restart = "scopegate_config_restart_required{setting=\"server.max_connections\"}";
-    assert_eq!(bin.metric(restart).await, Ok(0.0), "at start");
+    assert_eq!(binary_metric(&bin, restart).await, Ok(0.0), "at start");
 
-    rewrite_in_place(&config, &Binary::config(bin.addr, bin.admin, "max_connections = 7", &routes));
-    signal(bin.pid, "-HUP").await;
+    rewrite_in_place(&config, &binary_toml("max_connections = 7", &routes));
+    bin.signal("HUP");
     eventually("the max_connections change is flagged", EVENTUALLY, || async {
-        let v = bin.metric(restart).await?;
+        let v = binary_metric(&bin, restart).await?;
         if v == 1.0 {
             Ok(())
         } else {
@@ -1608,7 +1321,7 @@ async fn the_binary_logs_settings_that_take_a_restart() {
     .await;
     // The log is written by a writer thread: wait for the line.
     let line = eventually("the warning in the log", EVENTUALLY, || async {
-        let log = bin.read_log();
+        let log = bin.log();
         log.lines().find(|l| l.contains("takes a restart")).map(str::to_owned).ok_or(format!("no warning; log:\n{log}"))
     })
     .await;

@@ -2,21 +2,23 @@
 //! and `<!-- walkthrough:end -->`) against the real binary running the repository's
 //! gateway.toml, so the README stays true.
 //!
-//! The shipped gateway.toml is copied to a temp dir with `127.0.0.1:8080` (listen and issuer)
-//! replaced by a free port and `admin_listen` by another; the same replacement is made in the
-//! commands. The `$ ` commands run in one bash process whose working directory is the temp
+//! The shipped gateway.toml is started from a temp dir with `listen` and `admin_listen` on
+//! `127.0.0.1:0`; once the binary has logged the ports it got, the copy is rewritten with
+//! `127.0.0.1:8080` (listen and issuer) replaced by the bound address and `admin_listen` by the
+//! admin one, and reloaded (SIGHUP); the same replacement is made in the commands. The `$ ` commands run in one bash process whose working directory is the temp
 //! dir (so `sed -i ... gateway.toml` edits the copy and `$TOKEN` persists), with a unique
 //! marker line printed between commands; each command's output must equal the README's lines.
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use crate::common::*;
+
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::process::Stdio;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// The address the README and the shipped gateway.toml use.
 const DEMO_ADDR: &str = "127.0.0.1:8080";
-/// Bound on the gateway's start.
-const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// Bound on the reload that moves the gateway onto the copy with the bound addresses.
+const RELOAD_TIMEOUT: Duration = Duration::from_secs(15);
 /// Bound on the whole replay.
 const REPLAY_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -54,54 +56,32 @@ fn walkthrough(readme: &str) -> Vec<Step> {
     steps
 }
 
-/// A port that was free a moment ago (bound on 127.0.0.1:0, then released).
-fn free_addr() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    listener.local_addr().expect("local_addr")
+/// `text` with its `admin_listen` line set to `addr`, and whether it had one.
+fn with_admin_listen(text: &str, addr: &str) -> (String, bool) {
+    let mut saw = false;
+    let text = text
+        .lines()
+        .map(|line| {
+            if line.trim_start().starts_with("admin_listen") {
+                saw = true;
+                format!("admin_listen = \"{addr}\"\n")
+            } else {
+                format!("{line}\n")
+            }
+        })
+        .collect();
+    (text, saw)
 }
 
-/// Kills the child process when dropped, also when the test panics.
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn log_tail(path: &Path) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
+fn log_tail(text: &str) -> String {
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(40)..].join("\n")
 }
 
-/// Waits until the gateway accepts connections and answers HTTP.
-fn wait_until_serving(gateway: &mut KillOnDrop, addr: SocketAddr, log: &Path) {
-    use std::io::{Read, Write};
-    let deadline = Instant::now() + START_TIMEOUT;
-    loop {
-        if let Ok(Some(status)) = gateway.0.try_wait() {
-            panic!("scopegate exited during start-up ({status})\n--- its output ---\n{}", log_tail(log));
-        }
-        if let Ok(mut stream) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
-            let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
-            let req = format!("GET /.well-known/jwks.json HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n");
-            let mut head = [0u8; 12];
-            if stream.write_all(req.as_bytes()).is_ok()
-                && stream.read_exact(&mut head).is_ok()
-                && head.starts_with(b"HTTP/1.1 ")
-            {
-                return;
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "scopegate did not answer on {addr} within {START_TIMEOUT:?}\n--- its output ---\n{}",
-            log_tail(log)
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+/// `scopegate_config_reloads_total{result="ok"}` from the admin listener's `/metrics`.
+async fn reloads_ok(admin: std::net::SocketAddr) -> Option<f64> {
+    let resp = try_send_to(admin, "GET", "/metrics", &[], "").await.ok()?;
+    Some(series_value(&resp.body, "scopegate_config_reloads_total{result=\"ok\"}"))
 }
 
 /// Each step's output, cut out of the combined output at the marker lines.
@@ -132,23 +112,14 @@ async fn readme_walkthrough_replays_against_the_real_binary() {
     let shipped = std::fs::read_to_string(root.join("gateway.toml")).expect("read gateway.toml");
     let mut steps = walkthrough(&readme);
 
-    let addr = free_addr();
-    let admin = free_addr();
     assert!(shipped.contains(DEMO_ADDR), "the shipped gateway.toml does not use {DEMO_ADDR}");
     assert!(steps.iter().any(|s| s.command.contains(DEMO_ADDR)), "the walkthrough's commands do not use {DEMO_ADDR}");
-    let mut saw_admin = false;
-    let config: String = shipped
-        .replace(DEMO_ADDR, &addr.to_string())
-        .lines()
-        .map(|line| {
-            if line.trim_start().starts_with("admin_listen") {
-                saw_admin = true;
-                format!("admin_listen = \"{admin}\"\n")
-            } else {
-                format!("{line}\n")
-            }
-        })
-        .collect();
+    // Start on ports the system picks; the commands and the config then name the bound ones.
+    let first = shipped.replace(&format!("listen = \"{DEMO_ADDR}\""), "listen = \"127.0.0.1:0\"");
+    let (first, _) = with_admin_listen(&first, "127.0.0.1:0");
+    let mut gateway = Binary::start(&first).await;
+    let (addr, admin) = (gateway.addr, gateway.admin());
+    let (config, saw_admin) = with_admin_listen(&shipped.replace(DEMO_ADDR, &addr.to_string()), &admin.to_string());
     assert!(saw_admin, "the shipped gateway.toml has no admin_listen line");
     for step in &mut steps {
         step.command = step.command.replace(DEMO_ADDR, &addr.to_string());
@@ -157,27 +128,21 @@ async fn readme_walkthrough_replays_against_the_real_binary() {
         }
     }
 
-    let work = tempfile::tempdir().expect("tempdir");
+    // The copy, with the bound addresses, is what the binary runs from here on.
+    let before = reloads_ok(admin).await.expect("GET /metrics");
+    replace_by_rename(gateway.config_path(), &config);
+    gateway.signal("HUP");
+    let deadline = tokio::time::Instant::now() + RELOAD_TIMEOUT;
+    while reloads_ok(admin).await.unwrap_or(0.0) <= before {
+        assert!(
+            tokio::time::Instant::now() < deadline && gateway.running(),
+            "the copy with the bound addresses was not reloaded within {RELOAD_TIMEOUT:?}\n--- its output ---\n{}",
+            log_tail(&gateway.log())
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let work = gateway.dir.path().to_path_buf();
     let aux = tempfile::tempdir().expect("tempdir");
-    let config_path = work.path().join("gateway.toml");
-    std::fs::write(&config_path, &config).expect("write gateway.toml");
-    let log_path = aux.path().join("scopegate.log");
-    let log = std::fs::File::create(&log_path).expect("create log");
-
-    let child = Command::new(env!("CARGO_BIN_EXE_scopegate"))
-        .arg("--config")
-        .arg(&config_path)
-        .current_dir(work.path())
-        .env_remove("SCOPEGATE_CONFIG")
-        .env("RUST_LOG", "info")
-        .env("NO_COLOR", "1")
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().expect("clone log handle"))
-        .stderr(log)
-        .spawn()
-        .expect("spawn scopegate");
-    let mut gateway = KillOnDrop(child);
-    wait_until_serving(&mut gateway, addr, &log_path);
 
     // One bash, cwd = the copy's dir; a unique marker line before each command and at the end.
     let nonce =
@@ -195,7 +160,7 @@ async fn readme_walkthrough_replays_against_the_real_binary() {
     bash.arg("--noprofile")
         .arg("--norc")
         .arg(&script_path)
-        .current_dir(work.path())
+        .current_dir(&work)
         // Requests to 127.0.0.1 must not go through a proxy configured for the machine.
         .env("NO_PROXY", "127.0.0.1,localhost")
         .env("no_proxy", "127.0.0.1,localhost")
@@ -230,10 +195,11 @@ async fn readme_walkthrough_replays_against_the_real_binary() {
             }
         }
     }
+    let log = gateway.log();
     drop(gateway);
     assert!(
         report.is_empty(),
         "the README walk-through does not replay (- README, + actual output):\n{report}\n--- scopegate output ---\n{}",
-        log_tail(&log_path)
+        log_tail(&log)
     );
 }

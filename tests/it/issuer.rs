@@ -7,11 +7,10 @@
 //! endpoint under a flood of wrong secrets (the real binary's memory), a retired signing key
 //! refused once it leaves the JWKS, and the endpoints reached by other spellings of their paths.
 
-mod common;
-use common::*;
+use crate::common::*;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Output;
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -35,14 +34,9 @@ const BETA_SECRET: &str = "beta-secret";
 const ALPHA_SCOPES: [&str; 2] = ["API/book.get", "API/book.post"];
 const BETA_SCOPES: [&str; 1] = ["API/user.get"];
 
-const UNAUTHORIZED: &str = r#"{"message":"Unauthorized"}"#;
-const INSUFFICIENT_SCOPE: &str = r#"Bearer error="insufficient_scope""#;
 const BOOK_GET: &str = r#"{"Result":"Success","Description":"your GET for /book is completed"}"#;
 const BOOK_POST: &str = r#"{"Result":"Success","Description":"your POST for /book is completed"}"#;
 const USER_GET: &str = r#"{"Result":"Success","Description":"your GET for /user is completed"}"#;
-
-/// Bound on one run of the scopegate binary.
-const CLI_TIMEOUT: Duration = Duration::from_secs(60);
 
 // ---------------------------------------------------------------------------------------------
 // Config
@@ -54,112 +48,36 @@ fn alpha_hash() -> &'static str {
     HASH.get_or_init(|| scopegate::issuer::hash_secret(ALPHA_SECRET.as_bytes()).expect("hash_secret"))
 }
 
-/// One `[[issuer.clients]]` table; `secret_line` is `client_secret_hash = ...` or `client_secret = ...`.
-fn client(id: &str, secret_line: &str, scopes: &[&str]) -> String {
-    format!(
-        "[[issuer.clients]]\nclient_id = {}\n{secret_line}\nallowed_scopes = {}\n\n",
-        toml_str(id),
-        toml_list(scopes)
-    )
-}
-
 fn alpha() -> String {
-    client("alpha", &format!("client_secret_hash = {}", toml_str(alpha_hash())), &ALPHA_SCOPES)
+    client_toml("alpha", &format!("client_secret_hash = {}", toml_str(alpha_hash())), &ALPHA_SCOPES)
 }
 
 fn beta() -> String {
-    client("beta", &format!("client_secret = {}", toml_str(BETA_SECRET)), &BETA_SCOPES)
+    client_toml("beta", &format!("client_secret = {}", toml_str(BETA_SECRET)), &BETA_SCOPES)
 }
 
 /// A mock `[[routes]]` table answering `body`.
 fn mock_route(path: &str, method: &str, scope: &str, body: &str) -> String {
-    format!(
-        "[[routes]]\npath = {}\nmethods = [{}]\nscopes = [{}]\nresponse = {{ status = 200, content_type = \"application/json\", body = {} }}\n\n",
-        toml_str(path),
-        toml_str(method),
-        toml_str(scope),
-        toml_str(body)
-    )
+    route_toml(path, &[method], &[&scopes(&[scope]), &mock_response("application/json", body)])
 }
 
 /// A complete gateway.toml: listener on 127.0.0.1:0, the built-in issuer ([`ISSUER`], [`TTL`],
 /// resource server `API` with `book.get book.post user.get user.post`, `issuer_extra` lines such
 /// as `signing_key = ...`), the `clients` tables, and the mock routes `GET /book`, `POST /book`
 /// and `GET /user`, each needing its scope.
-fn issuer_toml(issuer_extra: &str, clients: &[String]) -> String {
-    format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\n\n[issuer]\nissuer = {}\ntoken_ttl = \"{TTL}s\"\n{issuer_extra}\n\n\
-         [[issuer.resource_servers]]\nidentifier = \"API\"\nscopes = [\"book.get\", \"book.post\", \"user.get\", \"user.post\"]\n\n\
-         {}{}{}{}",
-        toml_str(ISSUER),
-        clients.concat(),
-        mock_route("/book", "GET", "API/book.get", BOOK_GET),
-        mock_route("/book", "POST", "API/book.post", BOOK_POST),
-        mock_route("/user", "GET", "API/user.get", USER_GET),
-    )
+fn builtin_toml(issuer_extra: &str, clients: &[String]) -> String {
+    server_toml("")
+        + &builtin_issuer_toml(ISSUER, &format!("token_ttl = \"{TTL}s\"\n{issuer_extra}"))
+        + &resource_server_toml("API", &["book.get", "book.post", "user.get", "user.post"])
+        + &clients.concat()
+        + &mock_route("/book", "GET", "API/book.get", BOOK_GET)
+        + &mock_route("/book", "POST", "API/book.post", BOOK_POST)
+        + &mock_route("/user", "GET", "API/user.get", USER_GET)
 }
 
 /// The usual config: generated key, clients `alpha` (hashed secret) and `beta` (plain secret).
 fn default_toml() -> String {
-    issuer_toml("", &[alpha(), beta()])
-}
-
-// ---------------------------------------------------------------------------------------------
-// A gateway whose config can be reloaded on demand
-// ---------------------------------------------------------------------------------------------
-
-/// Like the harness's [`Gateway`], with [`Live::reload`] (what SIGHUP does) for the tests that
-/// change gateway.toml or the signing key.
-struct Live {
-    addr: SocketAddr,
-    dir: tempfile::TempDir,
-    server: Option<scopegate::Server>,
-}
-
-impl Live {
-    async fn start(toml: &str, files: &[(&str, &str)]) -> Live {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let live = Live { addr: "127.0.0.1:0".parse().expect("addr"), dir, server: None };
-        for (name, contents) in files {
-            live.write(name, contents);
-        }
-        live.write("gateway.toml", toml);
-        let started = tokio::time::timeout(Duration::from_secs(30), scopegate::Server::start(&live.config_path()))
-            .await
-            .expect("Server::start did not return within 30s");
-        let server = started.unwrap_or_else(|e| panic!("gateway failed to start: {e}\n--- gateway.toml ---\n{toml}"));
-        Live { addr: server.local_addr(), server: Some(server), ..live }
-    }
-
-    fn config_path(&self) -> PathBuf {
-        self.dir.path().join("gateway.toml")
-    }
-
-    /// Replaces `name` (relative to the config's directory) atomically: a temp file renamed over it.
-    fn write(&self, name: &str, contents: &str) {
-        let path = self.dir.path().join(name);
-        let parent = path.parent().expect("a parent dir");
-        std::fs::create_dir_all(parent).unwrap_or_else(|e| panic!("{}: {e}", parent.display()));
-        let tmp = parent.join(format!(".{}.tmp", path.file_name().and_then(|n| n.to_str()).unwrap_or("file")));
-        std::fs::write(&tmp, contents).unwrap_or_else(|e| panic!("{}: {e}", tmp.display()));
-        std::fs::rename(&tmp, &path).unwrap_or_else(|e| panic!("rename to {}: {e}", path.display()));
-    }
-
-    /// Re-reads the config now; panics if the new version is rejected.
-    async fn reload(&self) {
-        let server = self.server.as_ref().expect("server running");
-        let result = tokio::time::timeout(Duration::from_secs(30), server.reload()).await.expect("reload within 30s");
-        if let Err(e) = result {
-            panic!("reload rejected the new config: {e}");
-        }
-    }
-
-    async fn stop(mut self) {
-        if let Some(server) = self.server.take() {
-            let stopped = tokio::time::timeout(Duration::from_secs(30), server.shutdown()).await;
-            assert!(stopped.is_ok(), "Server::shutdown did not finish within 30s");
-        }
-    }
+    builtin_toml("", &[alpha(), beta()])
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -169,14 +87,6 @@ impl Live {
 /// `authorization: Basic base64(id:secret)` (RFC 7617; id and secret need no form-encoding here).
 fn basic(id: &str, secret: &str) -> String {
     format!("Basic {}", STANDARD.encode(format!("{id}:{secret}")))
-}
-
-fn form(pairs: &[(&str, &str)]) -> String {
-    let mut s = form_urlencoded::Serializer::new(String::new());
-    for (k, v) in pairs {
-        s.append_pair(k, v);
-    }
-    s.finish()
 }
 
 /// `POST /oauth2/token[?query]`: optional Basic credentials, and `body` pairs as a form.
@@ -365,27 +275,9 @@ async fn assert_insufficient_scope(addr: SocketAddr, method: &str, path: &str, t
 
 /// Runs the scopegate binary with `args` (and `stdin`), bounded by [`CLI_TIMEOUT`].
 async fn scopegate(args: &[&str], stdin: Option<&[u8]>) -> Output {
-    use tokio::io::AsyncWriteExt as _;
-    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_scopegate"));
-    cmd.args(args)
-        .env_remove("SCOPEGATE_CONFIG")
-        .env_remove("RUST_LOG")
-        .stdin(if stdin.is_some() { std::process::Stdio::piped() } else { std::process::Stdio::null() })
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true);
-    let run = async {
-        let mut child = cmd.spawn().expect("spawn scopegate");
-        if let Some(input) = stdin {
-            let mut pipe = child.stdin.take().expect("stdin pipe");
-            pipe.write_all(input).await.expect("write stdin");
-            drop(pipe);
-        }
-        child.wait_with_output().await.expect("wait for scopegate")
-    };
-    tokio::time::timeout(CLI_TIMEOUT, run)
-        .await
-        .unwrap_or_else(|_| panic!("scopegate {args:?}: no exit within {CLI_TIMEOUT:?}"))
+    let mut cmd = binary_command();
+    cmd.args(args).env_remove("RUST_LOG");
+    run_command(cmd, stdin).await
 }
 
 fn show(out: &Output) -> String {
@@ -750,7 +642,7 @@ async fn minted_token_passes_routes_needing_its_scope_only() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn removed_client_gets_invalid_client_after_reload() {
-    let live = Live::start(&default_toml(), &[]).await;
+    let live = Gateway::start(&default_toml()).await;
     let a = live.addr;
     let cc = ("grant_type", "client_credentials");
     let old_alpha = fetch_token(a, "alpha", ALPHA_SECRET, None).await;
@@ -759,9 +651,9 @@ async fn removed_client_gets_invalid_client_after_reload() {
 
     // beta goes; alpha is granted user.get as well.
     let scopes = ["API/book.get", "API/book.post", "API/user.get"];
-    let alpha_more = client("alpha", &format!("client_secret_hash = {}", toml_str(alpha_hash())), &scopes);
-    live.write("gateway.toml", &issuer_toml("", &[alpha_more]));
-    live.reload().await;
+    let alpha_more = client_toml("alpha", &format!("client_secret_hash = {}", toml_str(alpha_hash())), &scopes);
+    live.write("gateway.toml", &builtin_toml("", &[alpha_more]));
+    live.reload().await.unwrap_or_else(|e| panic!("reload rejected the new config: {e}"));
 
     for (what, r) in [
         ("beta, Basic", token_request(a, "", Some(("beta", BETA_SECRET)), &[cc]).await),
@@ -781,7 +673,7 @@ async fn removed_client_gets_invalid_client_after_reload() {
 
     // And back: beta returns.
     live.write("gateway.toml", &default_toml());
-    live.reload().await;
+    live.reload().await.unwrap_or_else(|e| panic!("reload rejected the new config: {e}"));
     fetch_token(a, "beta", BETA_SECRET, None).await;
     live.stop().await;
 }
@@ -794,7 +686,7 @@ async fn removed_client_is_refused_once_the_watcher_reloads() {
     fetch_token(a, "beta", BETA_SECRET, None).await;
     let path = gw.config_path();
     let tmp = gw.dir.path().join(".gateway.toml.tmp");
-    std::fs::write(&tmp, issuer_toml("", &[alpha()])).expect("write config");
+    std::fs::write(&tmp, builtin_toml("", &[alpha()])).expect("write config");
     std::fs::rename(&tmp, &path).expect("rename config");
 
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
@@ -818,7 +710,7 @@ async fn removed_client_is_refused_once_the_watcher_reloads() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rsa_signing_key_file_and_token_command() {
     let key = rsa_key();
-    let toml = issuer_toml("signing_key = \"keys/issuer.pem\"", &[alpha(), beta()]);
+    let toml = builtin_toml("signing_key = \"keys/issuer.pem\"", &[alpha(), beta()]);
     let gw = Gateway::start_with_files(&toml, &[("keys/issuer.pem", &key.pem)]).await;
     let a = gw.addr;
 
@@ -872,12 +764,8 @@ async fn rsa_signing_key_file_and_token_command() {
 async fn token_command_needs_an_issuer_with_a_signing_key() {
     let dir = tempfile::tempdir().expect("tempdir");
     let no_issuer = dir.path().join("no-issuer.toml");
-    std::fs::write(
-        &no_issuer,
-        "[server]\nlisten = \"127.0.0.1:0\"\n\n[[routes]]\npath = \"/\"\nauth = \"none\"\n\
-         response = { status = 200, content_type = \"text/plain\", body = \"ok\" }\n",
-    )
-    .expect("write config");
+    std::fs::write(&no_issuer, server_toml("") + &route_toml("/", &[], &[PUBLIC, &mock_response("text/plain", "ok")]))
+        .expect("write config");
     let p = no_issuer.to_str().expect("utf-8 path");
     // The config itself is fine...
     let out = scopegate(&["check", "--config", p], None).await;
@@ -907,7 +795,7 @@ async fn token_command_needs_an_issuer_with_a_signing_key() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ec_p256_signing_key_gives_es256_tokens() {
     let key = ec_p256_key();
-    let toml = issuer_toml("signing_key = \"keys/ec.pem\"", &[alpha(), beta()]);
+    let toml = builtin_toml("signing_key = \"keys/ec.pem\"", &[alpha(), beta()]);
     let gw = Gateway::start_with_files(&toml, &[("keys/ec.pem", &key.pem)]).await;
     let a = gw.addr;
 
@@ -940,7 +828,7 @@ async fn ec_p256_signing_key_gives_es256_tokens() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ec_p384_signing_key_gives_es384_tokens() {
     let key = ec_p384_key();
-    let toml = issuer_toml("signing_key = \"keys/ec384.pem\"", &[alpha()]);
+    let toml = builtin_toml("signing_key = \"keys/ec384.pem\"", &[alpha()]);
     let gw = Gateway::start_with_files(&toml, &[("keys/ec384.pem", &key.pem)]).await;
     let a = gw.addr;
     let t = fetch_token(a, "alpha", ALPHA_SECRET, None).await;
@@ -963,8 +851,8 @@ async fn ec_p384_signing_key_gives_es384_tokens() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rotated_signing_key_keeps_the_old_key_published() {
     let (old, new) = (rsa_key(), rsa_key());
-    let toml = issuer_toml("signing_key = \"keys/issuer.pem\"", &[alpha()]);
-    let live = Live::start(&toml, &[("keys/issuer.pem", &old.pem)]).await;
+    let toml = builtin_toml("signing_key = \"keys/issuer.pem\"", &[alpha()]);
+    let live = Gateway::start_with_files(&toml, &[("keys/issuer.pem", &old.pem)]).await;
     let a = live.addr;
     let before = fetch_token(a, "alpha", ALPHA_SECRET, None).await;
     assert_eq!(decode(&before).0["kid"], json!(old.kid));
@@ -972,7 +860,7 @@ async fn rotated_signing_key_keeps_the_old_key_published() {
 
     // The file's contents change (same path).
     live.write("keys/issuer.pem", &new.pem);
-    live.reload().await;
+    live.reload().await.unwrap_or_else(|e| panic!("reload rejected the new config: {e}"));
 
     let after = fetch_token(a, "alpha", ALPHA_SECRET, None).await;
     assert_eq!(decode(&after).0["kid"], json!(new.kid), "new tokens are signed with the new key");
@@ -989,7 +877,7 @@ async fn rotated_signing_key_keeps_the_old_key_published() {
     assert_allowed(a, "GET", "/book", &cli_after, BOOK_GET, "CLI token after the rotation").await;
 
     // A reload that changes nothing else keeps both keys.
-    live.reload().await;
+    live.reload().await.unwrap_or_else(|e| panic!("reload rejected the new config: {e}"));
     assert_eq!(published_kids(a).await, both, "an unrelated reload keeps the retired key");
     assert_allowed(a, "GET", "/book", &before, BOOK_GET, "old token after a second reload").await;
     live.stop().await;
@@ -1000,8 +888,8 @@ async fn rotated_signing_key_keeps_the_old_key_published() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rotation_to_another_key_type_keeps_old_tokens_valid() {
     let (rsa, ec) = (rsa_key(), ec_p256_key());
-    let live = Live::start(
-        &issuer_toml("signing_key = \"keys/rsa.pem\"", &[alpha()]),
+    let live = Gateway::start_with_files(
+        &builtin_toml("signing_key = \"keys/rsa.pem\"", &[alpha()]),
         &[("keys/rsa.pem", &rsa.pem), ("keys/ec.pem", &ec.pem)],
     )
     .await;
@@ -1009,8 +897,8 @@ async fn rotation_to_another_key_type_keeps_old_tokens_valid() {
     let before = fetch_token(a, "alpha", ALPHA_SECRET, None).await;
     assert_eq!(decode(&before).0["alg"], json!("RS256"));
 
-    live.write("gateway.toml", &issuer_toml("signing_key = \"keys/ec.pem\"", &[alpha()]));
-    live.reload().await;
+    live.write("gateway.toml", &builtin_toml("signing_key = \"keys/ec.pem\"", &[alpha()]));
+    live.reload().await.unwrap_or_else(|e| panic!("reload rejected the new config: {e}"));
 
     let after = fetch_token(a, "alpha", ALPHA_SECRET, None).await;
     let (h, _) = decode(&after);
@@ -1028,14 +916,14 @@ async fn rotation_to_another_key_type_keeps_old_tokens_valid() {
 async fn retired_key_leaves_the_jwks_after_token_ttl() {
     let (old, new) = (rsa_key(), rsa_key());
     let ttl = format!("token_ttl = \"{TTL}s\"");
-    let toml = issuer_toml("signing_key = \"keys/issuer.pem\"", &[alpha()]).replace(&ttl, "token_ttl = \"3s\"");
+    let toml = builtin_toml("signing_key = \"keys/issuer.pem\"", &[alpha()]).replace(&ttl, "token_ttl = \"3s\"");
     assert!(toml.contains("token_ttl = \"3s\""), "{toml}");
-    let live = Live::start(&toml, &[("keys/issuer.pem", &old.pem)]).await;
+    let live = Gateway::start_with_files(&toml, &[("keys/issuer.pem", &old.pem)]).await;
     let a = live.addr;
     assert_eq!(published_kids(a).await, vec![old.kid.clone()]);
 
     live.write("keys/issuer.pem", &new.pem);
-    live.reload().await;
+    live.reload().await.unwrap_or_else(|e| panic!("reload rejected the new config: {e}"));
     let mut both = vec![old.kid.clone(), new.kid.clone()];
     both.sort();
     assert_eq!(published_kids(a).await, both, "right after the rotation both keys are published");
@@ -1076,10 +964,10 @@ async fn hash_secret_command() {
     assert!(out3.stdout.is_empty(), "{}", show(&out3));
 
     let clients = [
-        client("svc", &format!("client_secret_hash = {}", toml_str(hash)), &["API/book.get"]),
-        client("svc2", &format!("client_secret_hash = {}", toml_str(&hash2)), &["API/book.get"]),
+        client_toml("svc", &format!("client_secret_hash = {}", toml_str(hash)), &["API/book.get"]),
+        client_toml("svc2", &format!("client_secret_hash = {}", toml_str(&hash2)), &["API/book.get"]),
     ];
-    let toml = issuer_toml("", &clients);
+    let toml = builtin_toml("", &clients);
     // The config validates with the binary too.
     let dir = tempfile::tempdir().expect("tempdir");
     let cfg = dir.path().join("gateway.toml");
@@ -1247,7 +1135,7 @@ async fn pyjwt_verifies_a_minted_token() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pyjwt_verifies_an_es256_token() {
     let key = ec_p256_key();
-    let toml = issuer_toml("signing_key = \"keys/ec.pem\"", &[alpha()]);
+    let toml = builtin_toml("signing_key = \"keys/ec.pem\"", &[alpha()]);
     let gw = Gateway::start_with_files(&toml, &[("keys/ec.pem", &key.pem)]).await;
     let token = fetch_token(gw.addr, "alpha", ALPHA_SECRET, Some("API/book.get")).await;
     let jwks = send(&gw, "GET", "/.well-known/jwks.json", &[], "").await;
@@ -1275,64 +1163,6 @@ async fn pyjwt_verifies_an_es256_token() {
 /// The body and status of a token request refused because the secret checks are busy.
 const BUSY: (u16, &str) = (503, r#"{"error":"temporarily_unavailable"}"#);
 
-/// The scopegate binary serving a config, killed when dropped.
-struct Proc {
-    child: std::process::Child,
-    addr: SocketAddr,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Proc {
-    /// Runs the binary on `toml` (its `{LISTEN}` replaced by a free port) until the JWKS answers.
-    async fn start(toml: &str) -> Proc {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
-        let dir = tempfile::tempdir().expect("tempdir");
-        let config = dir.path().join("gateway.toml");
-        std::fs::write(&config, toml.replace("{LISTEN}", &addr.to_string())).expect("write gateway.toml");
-        let log = std::fs::File::create(dir.path().join("log")).expect("log file");
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_scopegate"))
-            .arg("--config")
-            .arg(&config)
-            .env("RUST_LOG", "warn")
-            .env_remove("SCOPEGATE_CONFIG")
-            .stdin(std::process::Stdio::null())
-            .stdout(log.try_clone().expect("log handle"))
-            .stderr(log)
-            .spawn()
-            .expect("spawn scopegate");
-        let mut p = Proc { child, addr, _dir: dir };
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(Some(status)) = p.child.try_wait() {
-                panic!("scopegate exited at start ({status})");
-            }
-            if tokio::net::TcpStream::connect(addr).await.is_ok() {
-                break;
-            }
-            assert!(tokio::time::Instant::now() < deadline, "scopegate did not listen within 30 s");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        p
-    }
-
-    /// A `Vm*` line of /proc/PID/status, in KiB.
-    fn vm_kib(&self, field: &str) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).expect("/proc status");
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(field)?.strip_prefix(':')?.trim().strip_suffix("kB")?.trim().parse().ok())
-            .unwrap_or_else(|| panic!("no {field} in /proc status"))
-    }
-}
-
 /// Checks a refusal from the flood: 401 `invalid_client`, or 503 `temporarily_unavailable` with
 /// a `retry-after`; both JSON and `no-store`. Returns true for a 503.
 fn flood_answer(r: &Resp, what: &str) -> bool {
@@ -1356,14 +1186,16 @@ fn flood_answer(r: &Resp, what: &str) -> bool {
 async fn token_flood_keeps_memory_flat_and_known_clients_served() {
     const WORKERS: usize = 64;
     const FLOOD_FOR: Duration = Duration::from_secs(4);
-    let toml = format!(
-        "[server]\nlisten = \"{{LISTEN}}\"\n\n[issuer]\nissuer = {}\ntoken_ttl = \"{TTL}s\"\n\n\
-         [[issuer.resource_servers]]\nidentifier = \"API\"\nscopes = [\"book.get\", \"book.post\", \"user.get\"]\n\n{}{}",
-        toml_str(ISSUER),
-        alpha(),
-        beta(),
-    );
-    let p = Proc::start(&toml).await;
+    let toml = server_toml("")
+        + &builtin_issuer_toml(ISSUER, &format!("token_ttl = \"{TTL}s\""))
+        + &resource_server_toml("API", &["book.get", "book.post", "user.get"])
+        + &alpha()
+        + &beta();
+    // Only warnings, as before the harness read the address: plus the "listening" line.
+    let p = Binary::options(&toml)
+        .rust_log("warn,scopegate=info,scopegate::access=warn,scopegate::issuer=warn")
+        .start()
+        .await;
     let a = p.addr;
     // alpha authenticates once before the flood.
     fetch_token(a, "alpha", ALPHA_SECRET, None).await;
@@ -1442,14 +1274,14 @@ fn mint_with(key: &PemKey, jti: &str) -> String {
 async fn retired_signing_key_stops_verifying_when_it_leaves_the_jwks() {
     let (old, new) = (rsa_key(), rsa_key());
     let ttl = format!("token_ttl = \"{TTL}s\"");
-    let toml = issuer_toml("signing_key = \"keys/issuer.pem\"", &[alpha()]).replace(&ttl, "token_ttl = \"3s\"");
+    let toml = builtin_toml("signing_key = \"keys/issuer.pem\"", &[alpha()]).replace(&ttl, "token_ttl = \"3s\"");
     assert!(toml.contains("token_ttl = \"3s\""), "{toml}");
-    let live = Live::start(&toml, &[("keys/issuer.pem", &old.pem)]).await;
+    let live = Gateway::start_with_files(&toml, &[("keys/issuer.pem", &old.pem)]).await;
     let a = live.addr;
     assert_allowed(a, "GET", "/book", &mint_with(&old, "before"), BOOK_GET, "old key, before the rotation").await;
 
     live.write("keys/issuer.pem", &new.pem);
-    live.reload().await;
+    live.reload().await.unwrap_or_else(|e| panic!("reload rejected the new config: {e}"));
     assert!(published_kids(a).await.contains(&old.kid), "the old key is published right after the rotation");
     assert_allowed(a, "GET", "/book", &mint_with(&old, "window"), BOOK_GET, "old key, inside its window").await;
 

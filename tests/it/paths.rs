@@ -1,19 +1,8 @@
 //! Route table and path normalization (docs/behaviour.md, "Paths and route choice").
 
-mod common;
-use common::*;
+use crate::common::*;
 
 use std::time::Duration;
-
-const BAD_REQUEST: &str = r#"{"message":"Bad Request"}"#;
-const NOT_FOUND: &str = r#"{"message":"Not Found"}"#;
-const UNAUTHORIZED: &str = r#"{"message":"Unauthorized"}"#;
-const METHOD_NOT_ALLOWED: &str = r#"{"message":"Method Not Allowed"}"#;
-
-/// Bounds every test: nothing here should take more than a few seconds.
-async fn bounded<F: std::future::Future>(fut: F) -> F::Output {
-    tokio::time::timeout(Duration::from_secs(60), fut).await.expect("test timed out")
-}
 
 /// Raw HTTP/1.1 request with `target` written verbatim in the request line.
 fn raw_request(target: &str, token: &str) -> Vec<u8> {
@@ -22,16 +11,8 @@ fn raw_request(target: &str, token: &str) -> Vec<u8> {
 }
 
 /// A mock route answering `body` as text/plain, public.
-fn mock_route(path: &str, methods: &str, body: &str) -> String {
-    format!(
-        r#"
-[[routes]]
-path = "{path}"
-methods = {methods}
-auth = "none"
-response = {{ status = 200, content_type = "text/plain", body = "{body}" }}
-"#
-    )
+fn mock_route(path: &str, methods: &[&str], body: &str) -> String {
+    route_toml(path, methods, &[PUBLIC, &mock_response("text/plain", body)])
 }
 
 /// Finds `NAME:LINE:COL` in an error text and returns (LINE, COL).
@@ -82,30 +63,11 @@ async fn book_user_gateway() -> BookUser {
     let jwks = JwksServer::start(vec![key.jwk()]).await;
     let books = Upstream::start("books").await;
     let users = Upstream::start("users").await;
-    let toml = format!(
-        r#"{base}
-[upstreams.books]
-url = "{books}"
-
-[upstreams.users]
-url = "{users}"
-
-[[routes]]
-path = "/book"
-methods = ["GET"]
-scopes = ["API/book.get"]
-upstream = "books"
-
-[[routes]]
-path = "/user"
-methods = ["GET"]
-scopes = ["API/user.get"]
-upstream = "users"
-"#,
-        base = base_toml(ISS, &jwks.url, &["RS256"]),
-        books = books.url,
-        users = users.url,
-    );
+    let toml = base_toml(ISS, &jwks.url, &["RS256"])
+        + &upstream_toml("books", &books.url)
+        + &upstream_toml("users", &users.url)
+        + &route_toml("/book", &["GET"], &[&scopes(&["API/book.get"]), &forward_to("books")])
+        + &route_toml("/user", &["GET"], &[&scopes(&["API/user.get"]), &forward_to("users")]);
     let gw = Gateway::start(&toml).await;
     BookUser { key, _jwks: jwks, books, users, gw }
 }
@@ -124,7 +86,7 @@ enum Expect {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn path_confusion_table_never_reaches_unauthorized_route() {
-    bounded(async {
+    bounded(60, "test", async {
         let env = book_user_gateway().await;
         let token = env.key.sign(&claims(ISS, "book-client", "API/book.get"));
 
@@ -292,7 +254,7 @@ async fn path_confusion_table_never_reaches_unauthorized_route() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_path_is_404_and_known_path_wrong_method_is_405() {
-    bounded(async {
+    bounded(60, "test", async {
         let env = book_user_gateway().await;
         let token = env.key.sign(&claims(ISS, "c", "API/book.get API/user.get"));
 
@@ -333,13 +295,13 @@ async fn unknown_path_is_404_and_known_path_wrong_method_is_405() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn allow_header_lists_all_methods_of_the_path() {
-    bounded(async {
+    bounded(60, "test", async {
         let key = TestKey::generate(Algorithm::RS256, "paths-k2");
         let jwks = JwksServer::start(vec![key.jwk()]).await;
         let mut toml = base_toml(ISS, &jwks.url, &["RS256"]);
-        toml.push_str(&mock_route("/multi", r#"["GET", "POST"]"#, "multi"));
-        toml.push_str(&mock_route("/split", r#"["GET"]"#, "split-get"));
-        toml.push_str(&mock_route("/split", r#"["PUT"]"#, "split-put"));
+        toml.push_str(&mock_route("/multi", &["GET", "POST"], "multi"));
+        toml.push_str(&mock_route("/split", &["GET"], "split-get"));
+        toml.push_str(&mock_route("/split", &["PUT"], "split-put"));
         let gw = Gateway::start(&toml).await;
 
         for (path, want) in [("/multi", vec!["GET", "POST"]), ("/split", vec!["GET", "PUT"])] {
@@ -366,21 +328,21 @@ async fn allow_header_lists_all_methods_of_the_path() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn literal_beats_param_beats_proxy_and_explicit_method_beats_any() {
-    bounded(async {
+    bounded(60, "test", async {
         let key = TestKey::generate(Algorithm::RS256, "paths-k3");
         let jwks = JwksServer::start(vec![key.jwk()]).await;
         let mut toml = base_toml(ISS, &jwks.url, &["RS256"]);
         // Declared least specific first, so file order cannot be what decides.
-        toml.push_str(&mock_route("/a/{rest+}", r#"["GET"]"#, "proxy"));
-        toml.push_str(&mock_route("/a/{x}", r#"["GET"]"#, "param"));
-        toml.push_str(&mock_route("/a/b", r#"["GET"]"#, "literal"));
-        toml.push_str(&mock_route("/a/d", r#"["POST"]"#, "literal-post"));
-        toml.push_str(&mock_route("/p/{rest+}", r#"["ANY"]"#, "p-proxy"));
-        toml.push_str(&mock_route("/m", r#"["ANY"]"#, "m-any"));
-        toml.push_str(&mock_route("/m", r#"["GET"]"#, "m-get"));
-        toml.push_str(&mock_route("/n/{id}", r#"["ANY"]"#, "n-any"));
-        toml.push_str(&mock_route("/n/{id}", r#"["POST"]"#, "n-post"));
-        toml.push_str(&mock_route("/", r#"["GET"]"#, "root"));
+        toml.push_str(&mock_route("/a/{rest+}", &["GET"], "proxy"));
+        toml.push_str(&mock_route("/a/{x}", &["GET"], "param"));
+        toml.push_str(&mock_route("/a/b", &["GET"], "literal"));
+        toml.push_str(&mock_route("/a/d", &["POST"], "literal-post"));
+        toml.push_str(&mock_route("/p/{rest+}", &["ANY"], "p-proxy"));
+        toml.push_str(&mock_route("/m", &["ANY"], "m-any"));
+        toml.push_str(&mock_route("/m", &["GET"], "m-get"));
+        toml.push_str(&mock_route("/n/{id}", &["ANY"], "n-any"));
+        toml.push_str(&mock_route("/n/{id}", &["POST"], "n-post"));
+        toml.push_str(&mock_route("/", &["GET"], "root"));
         let gw = Gateway::start(&toml).await;
 
         let cases: &[(&str, &str, u16, &str)] = &[
@@ -426,21 +388,23 @@ async fn literal_beats_param_beats_proxy_and_explicit_method_beats_any() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn overlapping_routes_with_equal_specificity_are_rejected_at_load() {
-    bounded(async {
+    bounded(60, "test", async {
         let key = TestKey::generate(Algorithm::RS256, "paths-k4");
         let jwks = JwksServer::start(vec![key.jwk()]).await;
         let base = base_toml(ISS, &jwks.url, &["RS256"]);
 
-        let conflicts: &[(&str, [(&str, &str); 2])] = &[
-            ("same shape, same method", [("/a/{x}", r#"["GET"]"#), ("/a/{y}", r#"["GET"]"#)]),
-            ("two ANY", [("/z", r#"["ANY"]"#), ("/z", r#"["ANY"]"#)]),
-            ("same literal, same method", [("/lit", r#"["GET"]"#), ("/lit", r#"["GET", "POST"]"#)]),
-            ("overlapping method sets", [("/q/{x}", r#"["GET", "POST"]"#), ("/q/{y}", r#"["POST"]"#)]),
-            ("two proxies", [("/r/{a+}", r#"["ANY"]"#), ("/r/{b+}", r#"["ANY"]"#)]),
+        /// (path, methods) of one route.
+        type Route<'a> = (&'a str, &'a [&'a str]);
+        let conflicts: &[(&str, [Route; 2])] = &[
+            ("same shape, same method", [("/a/{x}", &["GET"]), ("/a/{y}", &["GET"])]),
+            ("two ANY", [("/z", &["ANY"]), ("/z", &["ANY"])]),
+            ("same literal, same method", [("/lit", &["GET"]), ("/lit", &["GET", "POST"])]),
+            ("overlapping method sets", [("/q/{x}", &["GET", "POST"]), ("/q/{y}", &["POST"])]),
+            ("two proxies", [("/r/{a+}", &["ANY"]), ("/r/{b+}", &["ANY"])]),
         ];
         for (what, routes) in conflicts {
             let mut toml = base.clone();
-            toml.push_str(&mock_route("/unrelated", r#"["GET"]"#, "u"));
+            toml.push_str(&mock_route("/unrelated", &["GET"], "u"));
             for (path, methods) in routes {
                 toml.push_str(&mock_route(path, methods, "c"));
             }
@@ -466,9 +430,9 @@ async fn overlapping_routes_with_equal_specificity_are_rejected_at_load() {
 
         // Same shape with disjoint methods is fine, and each method reaches its route.
         let mut toml = base.clone();
-        toml.push_str(&mock_route("/a/{x}", r#"["GET"]"#, "get-x"));
-        toml.push_str(&mock_route("/a/{y}", r#"["POST"]"#, "post-y"));
-        toml.push_str(&mock_route("/a/{z}", r#"["ANY"]"#, "any-z"));
+        toml.push_str(&mock_route("/a/{x}", &["GET"], "get-x"));
+        toml.push_str(&mock_route("/a/{y}", &["POST"], "post-y"));
+        toml.push_str(&mock_route("/a/{z}", &["ANY"], "any-z"));
         let gw = match Gateway::try_start(&toml).await {
             Ok(gw) => gw,
             Err(e) => panic!("disjoint methods rejected: {e}\n{toml}"),
@@ -503,7 +467,7 @@ async fn h2_get(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn path_normalization_applies_to_http2_too() {
-    bounded(async {
+    bounded(60, "test", async {
         let env = book_user_gateway().await;
         let token = env.key.sign(&claims(ISS, "book-client", "API/book.get"));
         let tcp = tokio::net::TcpStream::connect(env.gw.addr).await.unwrap();
@@ -565,33 +529,16 @@ async fn path_normalization_applies_to_http2_too() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proxy_route_forwards_exactly_the_normalized_path() {
-    bounded(async {
+    bounded(60, "test", async {
         let key = TestKey::generate(Algorithm::RS256, "paths-k5");
         let jwks = JwksServer::start(vec![key.jwk()]).await;
         let files = Upstream::start("files").await;
         let admin = Upstream::start("admin").await;
-        let toml = format!(
-            r#"{base}
-[upstreams.files]
-url = "{files}"
-
-[upstreams.admin]
-url = "{admin}"
-
-[[routes]]
-path = "/files/{{path+}}"
-scopes = ["API/files"]
-upstream = "files"
-
-[[routes]]
-path = "/files/admin/{{rest+}}"
-scopes = ["API/admin"]
-upstream = "admin"
-"#,
-            base = base_toml(ISS, &jwks.url, &["RS256"]),
-            files = files.url,
-            admin = admin.url,
-        );
+        let toml = base_toml(ISS, &jwks.url, &["RS256"])
+            + &upstream_toml("files", &files.url)
+            + &upstream_toml("admin", &admin.url)
+            + &route_toml("/files/{path+}", &[], &[&scopes(&["API/files"]), &forward_to("files")])
+            + &route_toml("/files/admin/{rest+}", &[], &[&scopes(&["API/admin"]), &forward_to("admin")]);
         let gw = Gateway::start(&toml).await;
         let token = key.sign(&claims(ISS, "files-client", "API/files"));
 
@@ -658,26 +605,10 @@ async fn admin_behind_public_proxy() -> AdminBehindProxy {
     let key = TestKey::generate(Algorithm::RS256, "paths-admin");
     let jwks = JwksServer::start(vec![key.jwk()]).await;
     let app = Upstream::start("app").await;
-    let toml = format!(
-        r#"{base}
-[upstreams.app]
-url = "{app}"
-
-[[routes]]
-path = "/admin"
-methods = ["GET"]
-scopes = ["API/admin"]
-upstream = "app"
-
-[[routes]]
-path = "/{{proxy+}}"
-methods = ["ANY"]
-auth = "none"
-upstream = "app"
-"#,
-        base = base_toml(ISS, &jwks.url, &["RS256"]),
-        app = app.url,
-    );
+    let toml = base_toml(ISS, &jwks.url, &["RS256"])
+        + &upstream_toml("app", &app.url)
+        + &route_toml("/admin", &["GET"], &[&scopes(&["API/admin"]), &forward_to("app")])
+        + &route_toml("/{proxy+}", &["ANY"], &[PUBLIC, &forward_to("app")]);
     let gw = Gateway::start(&toml).await;
     AdminBehindProxy { key, _jwks: jwks, app, gw }
 }
@@ -698,7 +629,7 @@ fn raw_method(method: &str, target: &str, extra: &[&str]) -> Vec<u8> {
 /// catch-all.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn other_spellings_of_a_protected_path_never_fall_to_the_public_catch_all() {
-    bounded(async {
+    bounded(60, "test", async {
         let env = admin_behind_public_proxy().await;
 
         // (method, target, status, body)
@@ -791,7 +722,7 @@ async fn other_spellings_of_a_protected_path_never_fall_to_the_public_catch_all(
 /// its own) is answered 400; HTTP/1.0 may omit it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http11_request_needs_exactly_one_host() {
-    bounded(async {
+    bounded(60, "test", async {
         let env = admin_behind_public_proxy().await;
         let rows: &[(&str, u16)] = &[
             ("GET /pub HTTP/1.1\r\nConnection: close\r\n\r\n", 400),

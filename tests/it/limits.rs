@@ -1,8 +1,7 @@
 //! Listener limits (`[server]`): `max_connections` makes new connections wait instead
 //! of failing, and `header_read_timeout` cuts off a client that never finishes its head.
 
-mod common;
-use common::*;
+use crate::common::*;
 
 use std::time::Duration;
 
@@ -12,10 +11,7 @@ use tokio::net::TcpStream;
 const REQUEST: &[u8] = b"GET /ping HTTP/1.1\r\nHost: x\r\n\r\n";
 
 fn config(server: &str) -> String {
-    format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\n{server}\n\
-         [[routes]]\npath = \"/ping\"\nauth = \"none\"\nresponse = {{ status = 200, body = 'pong' }}\n"
-    )
+    server_toml(server) + &route_toml("/ping", &[], &[PUBLIC, &response_line(200, "", "pong")])
 }
 
 /// Sends one keep-alive request and reads its whole (small, content-length) response.
@@ -80,32 +76,29 @@ async fn a_client_that_never_finishes_its_head_is_cut_off() {
 /// serving on the socket bound at start; it never re-binds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_changed_listen_address_is_not_rebound_on_reload() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("gateway.toml");
     let with = |listen: &str, body: &str| {
-        format!(
-            "[server]\nlisten = \"{listen}\"\n\
-             [[routes]]\npath = \"/ping\"\nauth = \"none\"\nresponse = {{ status = 200, body = '{body}' }}\n"
-        )
+        format!("[server]\nlisten = {}\n\n", toml_str(listen))
+            + &route_toml("/ping", &[], &[PUBLIC, &response_line(200, "", body)])
     };
-    std::fs::write(&path, with("127.0.0.1:0", "pong")).expect("write");
-    let server = scopegate::Server::start(&path).await.expect("start");
-    let addr = server.local_addr();
+    let gw = Gateway::start(&with("127.0.0.1:0", "pong")).await;
+    let addr = gw.addr;
     let mut conn = TcpStream::connect(addr).await.expect("connect");
     assert!(exchange(&mut conn).await.ends_with("\r\n\r\npong"));
 
-    // Another port, and a route change: the route applies, the old socket keeps serving.
+    // Another port, and a route change: the route applies, the old socket keeps serving. The
+    // port is released before the reload on purpose: a server that wrongly re-bound could take
+    // it, and the last assertion would see that.
     let spare = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let other = spare.local_addr().expect("addr");
     drop(spare);
-    std::fs::write(&path, with(&other.to_string(), "ping-pong")).expect("rewrite");
-    server.reload().await.expect("a listen change is not a rejected config");
-    assert_eq!(server.local_addr(), addr);
+    std::fs::write(&gw.config, with(&other.to_string(), "ping-pong")).expect("rewrite");
+    gw.reload().await.expect("a listen change is not a rejected config");
+    assert_eq!(gw.server().local_addr(), addr);
     assert!(exchange(&mut conn).await.ends_with("ping-pong"), "the open connection sees the new route");
     let mut fresh = TcpStream::connect(addr).await.expect("the old address still accepts");
     assert!(exchange(&mut fresh).await.ends_with("ping-pong"));
     assert!(TcpStream::connect(other).await.is_err(), "the new address was bound without a restart");
-    server.shutdown().await;
+    gw.stop().await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -113,20 +106,6 @@ async fn a_changed_listen_address_is_not_rebound_on_reload() {
 // ---------------------------------------------------------------------------------------------
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-
-/// Reads (and discards) until the peer closes the connection; true when it did within `bound`.
-async fn closed_within(stream: &mut TcpStream, bound: Duration) -> bool {
-    let mut sink = [0u8; 4096];
-    let drained = async {
-        loop {
-            match stream.read(&mut sink).await {
-                Ok(0) | Err(_) => return,
-                Ok(_) => {}
-            }
-        }
-    };
-    tokio::time::timeout(bound, drained).await.is_ok()
-}
 
 /// `max_connections = 3` held by three stalled sockets: each is closed within a generous bound
 /// of `header_read_timeout`, and a fourth client, queued behind them, is then served.
@@ -240,12 +219,9 @@ async fn an_idle_h2_connection_is_closed_after_idle_timeout_despite_pings() {
 }
 
 fn slow_config(upstream: &Upstream) -> String {
-    format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\nheader_read_timeout = \"500ms\"\nidle_timeout = \"1s\"\n\n\
-         [upstreams.slow]\nurl = \"{}\"\n\n\
-         [[routes]]\npath = \"/slow\"\nauth = \"none\"\nupstream = \"slow\"\n",
-        upstream.url
-    )
+    server_toml("header_read_timeout = \"500ms\"\nidle_timeout = \"1s\"")
+        + &upstream_toml("slow", &upstream.url)
+        + &route_toml("/slow", &[], &[PUBLIC, &forward_to("slow")])
 }
 
 /// The upstream takes 3 s to answer: longer than idle_timeout and header_read_timeout, but the
@@ -281,41 +257,14 @@ async fn a_zero_idle_timeout_is_refused() {
 /// then says nothing (here with ALPN h2, so no HTTP/1.1 timer of hyper's applies) is closed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_tls_connection_is_closed_after_header_read_timeout() {
-    use std::sync::Arc;
-    let key = rcgen::KeyPair::generate().expect("key pair");
-    let params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).expect("params");
-    let cert = params.self_signed(&key).expect("self-signed cert");
+    let (cert_pem, key_pem, cert_der) = self_signed("localhost", 1);
     let gw = Gateway::start_with_files(
         &config("max_connections = 1\nheader_read_timeout = \"500ms\"\n[server.tls]\ncert = \"cert.pem\"\nkey = \"key.pem\""),
-        &[("cert.pem", &cert.pem()), ("key.pem", &key.serialize_pem())],
+        &[("cert.pem", &cert_pem), ("key.pem", &key_pem)],
     )
     .await;
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(cert.der().clone()).expect("trust anchor");
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut client = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .expect("protocol versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    client.alpn_protocols = vec![b"h2".to_vec()];
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
-    let tcp = TcpStream::connect(gw.addr).await.expect("connect");
-    let name = rustls_pki_types::ServerName::try_from("localhost").expect("server name");
-    let mut tls = tokio::time::timeout(Duration::from_secs(5), connector.connect(name, tcp))
-        .await
-        .expect("TLS handshake within 5 s")
-        .expect("TLS handshake");
-    let mut sink = [0u8; 1024];
-    let closed = tokio::time::timeout(Duration::from_secs(5), async {
-        loop {
-            match tls.read(&mut sink).await {
-                Ok(0) | Err(_) => return,
-                Ok(_) => {}
-            }
-        }
-    })
-    .await;
-    assert!(closed.is_ok(), "a silent TLS connection held max_connections = 1 past header_read_timeout");
+    let mut tls = tls_connect(gw.addr, &tls_client(&[&cert_der], &[b"h2"])).await.expect("TLS handshake");
+    let closed = closed_within(&mut tls, Duration::from_secs(5)).await;
+    assert!(closed, "a silent TLS connection held max_connections = 1 past header_read_timeout");
     gw.stop().await;
 }

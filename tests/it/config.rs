@@ -1,12 +1,8 @@
 //! Config validation through the real binary: `scopegate check --config PATH`.
 
-mod common;
-use common::*;
+use crate::common::*;
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
-
-const BIN: &str = env!("CARGO_BIN_EXE_scopegate");
 
 struct Out {
     code: Option<i32>,
@@ -22,23 +18,15 @@ impl std::fmt::Debug for Out {
 
 /// Runs the binary with a bounded timeout. `envs` are set, `unset` removed, for the child only.
 async fn run_in(cwd: &Path, args: &[&str], envs: &[(&str, &str)], unset: &[&str]) -> Out {
-    let mut cmd = tokio::process::Command::new(BIN);
-    cmd.args(args)
-        .current_dir(cwd)
-        .env_remove("SCOPEGATE_CONFIG")
-        .env_remove("RUST_LOG")
-        .stdin(std::process::Stdio::null())
-        .kill_on_drop(true);
+    let mut cmd = binary_command();
+    cmd.args(args).current_dir(cwd).env_remove("RUST_LOG");
     for (k, v) in envs {
         cmd.env(k, v);
     }
     for k in unset {
         cmd.env_remove(k);
     }
-    let out = tokio::time::timeout(Duration::from_secs(60), cmd.output())
-        .await
-        .expect("scopegate did not exit within 60 s")
-        .expect("spawn scopegate");
+    let out = run_command(cmd, None).await;
     Out {
         code: out.status.code(),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),

@@ -2,94 +2,26 @@
 //! `/healthz` and `/readyz`; SIGTERM / SIGINT on the real binary; TLS with ALPN and certificate
 //! rotation; and the JSON access log.
 //!
-//! Library-level tests run `scopegate::Server` directly (the shared `Gateway` harness does not
-//! expose the admin address); process-level tests run the built binary under a guard that kills
-//! it on drop. Every wait is bounded.
+//! Library-level tests run `scopegate::Server` through the shared `Gateway` harness (with its
+//! admin listener); process-level tests run the built binary through the shared `Binary`
+//! harness, which kills it on drop. Every wait is bounded.
 
-mod common;
-use common::*;
+use crate::common::*;
 
-use std::collections::BTreeMap;
-use std::future::Future;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
+use http_body_util::Full;
 use hyper::Request;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use rustls_pki_types::{CertificateDer, ServerName};
 use serde_json::Value;
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
-const UNAUTHORIZED: &str = r#"{"message":"Unauthorized"}"#;
 const SCOPE: &str = "API/book.get";
 /// Bound on one exchange made by the helpers in this file.
 const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
-
-async fn bounded<F: Future>(secs: u64, what: &str, fut: F) -> F::Output {
-    match tokio::time::timeout(Duration::from_secs(secs), fut).await {
-        Ok(v) => v,
-        Err(_) => panic!("{what}: did not finish within {secs}s"),
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// A library server with its admin listener
-// ---------------------------------------------------------------------------------------------
-
-/// A `scopegate::Server` (with `admin_listen`) on a gateway.toml in a fresh temp dir.
-struct Ops {
-    server: Option<scopegate::Server>,
-    addr: SocketAddr,
-    admin: SocketAddr,
-    dir: tempfile::TempDir,
-}
-
-impl Ops {
-    /// Writes `files` and gateway.toml into a temp dir and starts the server on it.
-    async fn start(toml: &str, files: &[(&str, &[u8])]) -> Ops {
-        let dir = tempfile::tempdir().expect("tempdir");
-        for (name, contents) in files {
-            std::fs::write(dir.path().join(name), contents).expect("write file");
-        }
-        let config = dir.path().join("gateway.toml");
-        std::fs::write(&config, toml).expect("write gateway.toml");
-        let server = bounded(30, "Server::start", scopegate::Server::start(&config))
-            .await
-            .unwrap_or_else(|e| panic!("gateway failed to start: {e}\n--- gateway.toml ---\n{toml}"));
-        let addr = server.local_addr();
-        let admin = server.admin_addr().expect("admin_listen is set, so admin_addr is Some");
-        Ops { server: Some(server), addr, admin, dir }
-    }
-
-    fn server(&self) -> &scopegate::Server {
-        self.server.as_ref().expect("server is running")
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    async fn metrics(&self) -> String {
-        let resp = admin_get(self.admin, "/metrics").await;
-        assert_eq!(resp.status, 200, "GET /metrics: {resp:?}");
-        let ct = resp.header("content-type").unwrap_or_default();
-        assert!(ct.starts_with("text/plain"), "GET /metrics content-type: {ct}");
-        resp.body
-    }
-
-    async fn stop(mut self) {
-        if let Some(server) = self.server.take() {
-            bounded(30, "Server::shutdown", server.shutdown()).await;
-        }
-    }
-}
 
 async fn admin_get(admin: SocketAddr, path: &str) -> Resp {
     try_send(admin, "GET", path, &[]).await.unwrap_or_else(|e| panic!("admin GET {path}: {e}"))
@@ -97,134 +29,19 @@ async fn admin_get(admin: SocketAddr, path: &str) -> Resp {
 
 /// One HTTP/1.1 exchange on a fresh connection; `Err` on connect or protocol failure.
 async fn try_send(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)]) -> Result<Resp, String> {
-    let exchange = async {
-        let stream = TcpStream::connect(addr).await.map_err(|e| format!("connect {addr}: {e}"))?;
-        let (mut sender, conn) =
-            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| e.to_string())?;
-        let conn = tokio::spawn(conn);
-        let mut builder = Request::builder().method(method).uri(path).header("host", addr.to_string());
-        for (k, v) in headers {
-            builder = builder.header(*k, *v);
-        }
-        let req = builder.body(Full::new(Bytes::new())).map_err(|e| e.to_string())?;
-        let resp = sender.send_request(req).await.map_err(|e| format!("{method} {path}: {e}"))?;
-        let resp = read_resp(resp).await;
-        conn.abort();
-        resp
-    };
-    tokio::time::timeout(HTTP_TIMEOUT, exchange).await.map_err(|_| format!("{method} {path}: timed out"))?
-}
-
-async fn read_resp(resp: hyper::Response<Incoming>) -> Result<Resp, String> {
-    let status = resp.status().as_u16();
-    let headers = resp
-        .headers()
-        .iter()
-        .map(|(k, v)| (k.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
-        .collect();
-    let body = resp.into_body().collect().await.map_err(|e| format!("reading body: {e}"))?.to_bytes();
-    Ok(Resp { status, headers, body: String::from_utf8_lossy(&body).into_owned() })
-}
-
-// ---------------------------------------------------------------------------------------------
-// Prometheus text parsing
-// ---------------------------------------------------------------------------------------------
-
-/// One sample line: `name{k="v",...} value`.
-fn parse_sample(line: &str) -> Option<(&str, BTreeMap<String, String>, f64)> {
-    let (series, value) = line.rsplit_once(' ')?;
-    let value: f64 = value.parse().ok()?;
-    let Some((name, rest)) = series.split_once('{') else {
-        return Some((series, BTreeMap::new(), value));
-    };
-    let mut chars = rest.strip_suffix('}')?.chars().peekable();
-    let mut labels = BTreeMap::new();
-    loop {
-        let mut key = String::new();
-        while let Some(&c) = chars.peek() {
-            if c == '=' {
-                break;
-            }
-            key.push(c);
-            chars.next();
-        }
-        if key.is_empty() {
-            break;
-        }
-        chars.next(); // '='
-        if chars.next()? != '"' {
-            return None;
-        }
-        let mut value = String::new();
-        loop {
-            match chars.next()? {
-                '\\' => match chars.next()? {
-                    'n' => value.push('\n'),
-                    other => value.push(other),
-                },
-                '"' => break,
-                c => value.push(c),
-            }
-        }
-        labels.insert(key, value);
-        if chars.peek() == Some(&',') {
-            chars.next();
-        }
-    }
-    Some((name, labels, value))
-}
-
-fn samples(text: &str) -> Vec<(&str, BTreeMap<String, String>, f64)> {
-    text.lines().filter(|l| !l.starts_with('#') && !l.trim().is_empty()).filter_map(parse_sample).collect()
-}
-
-/// The value of the series `name` whose label set is exactly `labels`.
-fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    let want: BTreeMap<String, String> = labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-    samples(text).into_iter().find(|(n, l, _)| *n == name && *l == want).map(|(_, _, v)| v)
-}
-
-/// The sum over every series `name` whose labels include `subset`.
-fn metric_sum(text: &str, name: &str, subset: &[(&str, &str)]) -> f64 {
-    samples(text)
-        .into_iter()
-        .filter(|(n, l, _)| *n == name && subset.iter().all(|(k, v)| l.get(*k).map(String::as_str) == Some(*v)))
-        .map(|(_, _, v)| v)
-        .sum()
-}
-
-#[track_caller]
-fn assert_metric(text: &str, name: &str, labels: &[(&str, &str)], want: f64) {
-    let got = metric(text, name, labels);
-    assert_eq!(got, Some(want), "{name}{labels:?}\n--- /metrics ---\n{text}");
+    try_send_to(addr, method, path, headers, "").await
 }
 
 // ---------------------------------------------------------------------------------------------
 // Config pieces
 // ---------------------------------------------------------------------------------------------
 
-fn issuer_toml(jwks_url: &str, extra: &str) -> String {
-    format!(
-        "[[auth.issuers]]\nissuer = {}\njwks_uri = {}\nalgorithms = [\"RS256\"]\n{extra}\n\n",
-        toml_str(ISS),
-        toml_str(jwks_url)
-    )
-}
-
-fn upstream_toml(upstream: &Upstream) -> String {
-    format!("[upstreams.books]\nurl = {}\n\n", toml_str(&upstream.url))
-}
-
 fn jwt_route(path: &str) -> String {
-    format!(
-        "[[routes]]\npath = {}\nmethods = [\"GET\"]\nscopes = [{}]\nupstream = \"books\"\n\n",
-        toml_str(path),
-        toml_str(SCOPE)
-    )
+    route_toml(path, &["GET"], &[&scopes(&[SCOPE]), &forward_to("books")])
 }
 
 fn public_route(path: &str) -> String {
-    format!("[[routes]]\npath = {}\nmethods = [\"GET\"]\nauth = \"none\"\nupstream = \"books\"\n\n", toml_str(path))
+    route_toml(path, &["GET"], &[PUBLIC, &forward_to("books")])
 }
 
 fn bearer(token: &str) -> String {
@@ -242,13 +59,11 @@ async fn metrics_count_a_known_mix_of_traffic_by_template_and_reason() {
     let impostor = TestKey::generate(Algorithm::RS256, "k1"); // same kid, other key
     let jwks = JwksServer::start(vec![key.jwk(), spare.jwk()]).await;
     let upstream = Upstream::start("books").await;
-    let toml = format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\n{}{}{}",
-        issuer_toml(&jwks.url, ""),
-        upstream_toml(&upstream),
-        jwt_route("/book"),
-    );
-    let gw = Ops::start(&toml, &[]).await;
+    let toml = server_admin_toml("")
+        + &issuer_toml(ISS, &jwks_uri(&jwks.url), &["RS256"], "")
+        + &upstream_toml("books", &upstream.url)
+        + &jwt_route("/book");
+    let gw = Gateway::start(&toml).await;
 
     let good = key.sign(&claims(ISS, "client-1", SCOPE));
     let bad_sig = impostor.sign(&claims(ISS, "client-1", SCOPE));
@@ -270,7 +85,7 @@ async fn metrics_count_a_known_mix_of_traffic_by_template_and_reason() {
     go(try_send(gw.addr, "GET", "/secret-raw-path-123", &[]).await.unwrap(), 404, "unknown path");
     assert_eq!(sent, 9);
 
-    let text = gw.metrics().await;
+    let text = gw.admin_metrics().await;
     let req = "scopegate_requests_total";
     assert_metric(&text, req, &[("route", "/book"), ("method", "GET"), ("status", "200")], 3.0);
     assert_metric(&text, req, &[("route", "/book"), ("method", "GET"), ("status", "401")], 4.0);
@@ -310,30 +125,16 @@ async fn metrics_count_a_known_mix_of_traffic_by_template_and_reason() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_issued_tokens_and_config_reloads() {
-    let toml = r#"[server]
-listen = "127.0.0.1:0"
-admin_listen = "127.0.0.1:0"
-
-[issuer]
-issuer = "http://scopegate.test"
-token_ttl = "1h"
-
-[[issuer.resource_servers]]
-identifier = "API"
-scopes = ["book.get", "book.post"]
-
-[[issuer.clients]]
-client_id = "demo"
-client_secret = "demo-secret"
-allowed_scopes = ["API/book.get", "API/book.post"]
-
-[[routes]]
-path = "/book"
-methods = ["GET"]
-scopes = ["API/book.get"]
-response = { status = 200, content_type = "application/json", body = '{"ok":true}' }
-"#;
-    let gw = Ops::start(toml, &[]).await;
+    let toml = server_admin_toml("")
+        + &builtin_issuer_toml("http://scopegate.test", "token_ttl = \"1h\"")
+        + &resource_server_toml("API", &["book.get", "book.post"])
+        + &client_toml("demo", "client_secret = \"demo-secret\"", &["API/book.get", "API/book.post"])
+        + &route_toml(
+            "/book",
+            &["GET"],
+            &[&scopes(&["API/book.get"]), &mock_response("application/json", r#"{"ok":true}"#)],
+        );
+    let gw = Gateway::start(&toml).await;
     let form = [("content-type", "application/x-www-form-urlencoded")];
     let mut token = String::new();
     for _ in 0..2 {
@@ -361,21 +162,21 @@ response = { status = 200, content_type = "application/json", body = '{"ok":true
     let resp = try_send(gw.addr, "GET", "/book", &[("authorization", &bearer(&token))]).await.unwrap();
     assert_eq!(resp.status, 200, "built-in token on /book: {resp:?}");
 
-    let text = gw.metrics().await;
+    let text = gw.admin_metrics().await;
     assert_metric(&text, "scopegate_tokens_issued_total", &[("client_id", "demo")], 2.0);
     assert_eq!(metric_sum(&text, "scopegate_tokens_issued_total", &[]), 2.0, "a refused client mints nothing");
     assert!(!text.contains(&token), "token in /metrics");
 
     // A reload of the unchanged (valid) file is counted as ok.
     bounded(30, "reload", gw.server().reload()).await.expect("reload of a valid config");
-    let text = gw.metrics().await;
+    let text = gw.admin_metrics().await;
     assert_metric(&text, "scopegate_config_reloads_total", &[("result", "ok")], 1.0);
 
     // An invalid file is rejected and counted as an error; the old config keeps serving.
     std::fs::write(gw.path("gateway.toml"), format!("{toml}\nunknown_key = 1\n")).expect("write");
     let rejected = bounded(30, "reload", gw.server().reload()).await;
     assert!(rejected.is_err(), "an unknown key must be rejected");
-    let text = gw.metrics().await;
+    let text = gw.admin_metrics().await;
     let errors = metric(&text, "scopegate_config_reloads_total", &[("result", "error")]);
     assert!(errors.is_some_and(|v| v >= 1.0), "reload errors: {errors:?}\n{text}");
     let resp = try_send(gw.addr, "GET", "/book", &[("authorization", &bearer(&token))]).await.unwrap();
@@ -393,18 +194,16 @@ async fn readyz_follows_keys_and_draining() {
     let jwks = JwksServer::start(vec![key.jwk()]).await;
     jwks.set_raw(500, r#"{"error":"down"}"#);
     let upstream = Upstream::start("books").await;
-    let toml = format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nshutdown_grace = \"5s\"\n\n{}{}{}{}",
-        issuer_toml(&jwks.url, "refresh = \"1s\""),
-        upstream_toml(&upstream),
-        jwt_route("/book"),
-        public_route("/slow"),
-    );
-    let gw = Ops::start(&toml, &[]).await;
+    let toml = server_admin_toml("shutdown_grace = \"5s\"")
+        + &issuer_toml(ISS, &jwks_uri(&jwks.url), &["RS256"], "refresh = \"1s\"")
+        + &upstream_toml("books", &upstream.url)
+        + &jwt_route("/book")
+        + &public_route("/slow");
+    let gw = Gateway::start(&toml).await;
 
-    let health = admin_get(gw.admin, "/healthz").await;
+    let health = admin_get(gw.admin_addr(), "/healthz").await;
     assert_eq!(health.status, 200, "/healthz: {health:?}");
-    let ready = admin_get(gw.admin, "/readyz").await;
+    let ready = admin_get(gw.admin_addr(), "/readyz").await;
     assert_eq!(ready.status, 503, "/readyz with no keys: {ready:?}");
     assert!(!gw.server().ready());
     let token = key.sign(&claims(ISS, "client-1", SCOPE));
@@ -415,7 +214,7 @@ async fn readyz_follows_keys_and_draining() {
     jwks.set_keys(vec![key.jwk()]);
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let ready = admin_get(gw.admin, "/readyz").await;
+        let ready = admin_get(gw.admin_addr(), "/readyz").await;
         if ready.status == 200 {
             break;
         }
@@ -423,7 +222,7 @@ async fn readyz_follows_keys_and_draining() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(gw.server().ready());
-    let health = admin_get(gw.admin, "/healthz").await;
+    let health = admin_get(gw.admin_addr(), "/healthz").await;
     assert_eq!(health.status, 200, "/healthz: {health:?}");
     let resp = try_send(gw.addr, "GET", "/book", &[("authorization", &bearer(&token))]).await.unwrap();
     assert_eq!(resp.status, 200, "keys present: {resp:?}");
@@ -436,9 +235,9 @@ async fn readyz_follows_keys_and_draining() {
         assert!(Instant::now() < deadline, "the slow request never reached the upstream");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let admin = gw.admin;
+    let admin = gw.admin_addr();
     let mut gw = gw;
-    let server = gw.server.take().expect("server");
+    let server = gw.take_server();
     let stopping = tokio::spawn(server.shutdown());
     // Let the drain begin (it lasts until the slow request ends, ~3 s), then ask /readyz.
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -470,110 +269,9 @@ async fn readyz_follows_keys_and_draining() {
 // The real binary
 // ---------------------------------------------------------------------------------------------
 
-/// A free port on 127.0.0.1 (bound, then released).
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    l.local_addr().expect("local_addr").port()
-}
-
-/// The `scopegate` binary, killed (and reaped) on drop if still running. stdout and stderr go
-/// to files in its temp dir.
-struct Proc {
-    child: Child,
-    addr: SocketAddr,
-    admin: SocketAddr,
-    dir: tempfile::TempDir,
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-impl Proc {
-    /// Writes gateway.toml (with `listen` / `admin_listen` on free ports: `{LISTEN}` and
-    /// `{ADMIN}` in `toml` are replaced) and runs the binary until /healthz answers.
-    async fn start(toml: &str) -> Proc {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let (addr, admin): (SocketAddr, SocketAddr) = (
-            format!("127.0.0.1:{}", free_port()).parse().expect("addr"),
-            format!("127.0.0.1:{}", free_port()).parse().expect("addr"),
-        );
-        let toml = toml.replace("{LISTEN}", &addr.to_string()).replace("{ADMIN}", &admin.to_string());
-        let config = dir.path().join("gateway.toml");
-        std::fs::write(&config, &toml).expect("write gateway.toml");
-        let stdout = std::fs::File::create(dir.path().join("stdout.log")).expect("stdout file");
-        let stderr = std::fs::File::create(dir.path().join("stderr.log")).expect("stderr file");
-        let child = Command::new(env!("CARGO_BIN_EXE_scopegate"))
-            .arg("--config")
-            .arg(&config)
-            .env("RUST_LOG", "info")
-            .env_remove("SCOPEGATE_CONFIG")
-            .stdin(Stdio::null())
-            .stdout(stdout)
-            .stderr(stderr)
-            .spawn()
-            .expect("spawn scopegate");
-        let mut p = Proc { child, addr, admin, dir };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(Some(status)) = p.child.try_wait() {
-                panic!("scopegate exited early ({status}):\n{}\n--- gateway.toml ---\n{toml}", p.output());
-            }
-            if let Ok(r) = try_send(admin, "GET", "/healthz", &[]).await {
-                if r.status == 200 {
-                    break;
-                }
-            }
-            assert!(Instant::now() < deadline, "scopegate never answered /healthz:\n{}", p.output());
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        p
-    }
-
-    fn stdout(&self) -> String {
-        read_lossy(&self.dir.path().join("stdout.log"))
-    }
-
-    fn output(&self) -> String {
-        format!(
-            "--- stdout ---\n{}\n--- stderr ---\n{}",
-            self.stdout(),
-            read_lossy(&self.dir.path().join("stderr.log"))
-        )
-    }
-
-    fn signal(&self, sig: &str) {
-        let status =
-            Command::new("kill").arg(format!("-{sig}")).arg(self.child.id().to_string()).status().expect("run kill");
-        assert!(status.success(), "kill -{sig} failed");
-    }
-
-    /// Waits (bounded) for the process to exit.
-    async fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return Some(status);
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-    }
-}
-
-fn read_lossy(path: &Path) -> String {
-    std::fs::read(path).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default()
-}
-
+/// A config for the binary: `[server]` with the admin listener and `extra_server` lines, then `rest`.
 fn proc_toml(extra_server: &str, rest: &str) -> String {
-    format!("[server]\nlisten = \"{{LISTEN}}\"\nadmin_listen = \"{{ADMIN}}\"\n{extra_server}\n\n{rest}")
+    server_admin_toml(extra_server) + rest
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -585,9 +283,9 @@ async fn sigterm_drains_in_flight_requests_refuses_new_ones_and_exits_zero() {
     let upstream = Upstream::start("books").await;
     let toml = proc_toml(
         "shutdown_grace = \"10s\"",
-        &format!("{}{}{}", upstream_toml(&upstream), public_route("/slow"), public_route("/fast")),
+        &format!("{}{}{}", upstream_toml("books", &upstream.url), public_route("/slow"), public_route("/fast")),
     );
-    let mut p = Proc::start(&toml).await;
+    let mut p = Binary::start(&toml).await;
     let addr = p.addr;
     let fast = try_send(addr, "GET", "/fast", &[]).await.expect("fast request");
     assert_eq!(fast.status, 200, "{fast:?}");
@@ -629,11 +327,14 @@ async fn sigterm_drains_in_flight_requests_refuses_new_ones_and_exits_zero() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigint_exits_zero() {
     let upstream = Upstream::start("books").await;
-    let toml = proc_toml("shutdown_grace = \"5s\"", &format!("{}{}", upstream_toml(&upstream), public_route("/fast")));
-    let mut p = Proc::start(&toml).await;
+    let toml = proc_toml(
+        "shutdown_grace = \"5s\"",
+        &format!("{}{}", upstream_toml("books", &upstream.url), public_route("/fast")),
+    );
+    let mut p = Binary::start(&toml).await;
     let fast = try_send(p.addr, "GET", "/fast", &[]).await.expect("fast request");
     assert_eq!(fast.status, 200, "{fast:?}");
-    let ready = try_send(p.admin, "GET", "/readyz", &[]).await.expect("/readyz");
+    let ready = try_send(p.admin(), "GET", "/readyz", &[]).await.expect("/readyz");
     assert_eq!(ready.status, 200, "no issuers: ready at once: {ready:?}");
     p.signal("INT");
     let status = p.wait_exit(Duration::from_secs(10)).await;
@@ -654,41 +355,6 @@ async fn sigint_exits_zero() {
 // ---------------------------------------------------------------------------------------------
 // 4. / 5. TLS
 // ---------------------------------------------------------------------------------------------
-
-/// A self-signed certificate for localhost / 127.0.0.1: (cert PEM, key PEM, cert DER).
-fn self_signed(cn: &str, serial: u64) -> (String, String, CertificateDer<'static>) {
-    let key = rcgen::KeyPair::generate().expect("key pair");
-    let mut params =
-        rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).expect("params");
-    params.distinguished_name.push(rcgen::DnType::CommonName, cn);
-    params.serial_number = Some(rcgen::SerialNumber::from(serial));
-    let cert = params.self_signed(&key).expect("self-signed cert");
-    (cert.pem(), key.serialize_pem(), cert.der().clone())
-}
-
-fn tls_client(trusted: &[&CertificateDer<'static>], alpn: &[&[u8]]) -> tokio_rustls::TlsConnector {
-    let mut roots = rustls::RootCertStore::empty();
-    for c in trusted {
-        roots.add((*c).clone()).expect("trust anchor");
-    }
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .expect("protocol versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-    tokio_rustls::TlsConnector::from(Arc::new(cfg))
-}
-
-async fn tls_connect(addr: SocketAddr, connector: &tokio_rustls::TlsConnector) -> Result<TlsStream<TcpStream>, String> {
-    let go = async {
-        let tcp = TcpStream::connect(addr).await.map_err(|e| format!("connect: {e}"))?;
-        let name = ServerName::try_from("localhost").expect("server name");
-        connector.connect(name, tcp).await.map_err(|e| format!("TLS handshake: {e}"))
-    };
-    tokio::time::timeout(HTTP_TIMEOUT, go).await.map_err(|_| "TLS connect timed out".to_string())?
-}
 
 fn peer_cert(tls: &TlsStream<TcpStream>) -> Vec<u8> {
     tls.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| c.to_vec()).expect("peer certificate")
@@ -733,13 +399,11 @@ impl Drop for H1 {
 }
 
 fn tls_toml(jwks_url: &str, upstream: &Upstream) -> String {
-    format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nheader_read_timeout = \"60s\"\n\n\
-         [server.tls]\ncert = \"cert.pem\"\nkey = \"key.pem\"\n\n{}{}{}",
-        issuer_toml(jwks_url, ""),
-        upstream_toml(upstream),
-        jwt_route("/book"),
-    )
+    server_admin_toml("header_read_timeout = \"60s\"")
+        + "[server.tls]\ncert = \"cert.pem\"\nkey = \"key.pem\"\n\n"
+        + &issuer_toml(ISS, &jwks_uri(jwks_url), &["RS256"], "")
+        + &upstream_toml("books", &upstream.url)
+        + &jwt_route("/book")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -748,9 +412,9 @@ async fn tls_serves_http1_and_h2_via_alpn() {
     let jwks = JwksServer::start(vec![key.jwk()]).await;
     let upstream = Upstream::start("books").await;
     let (cert_pem, key_pem, cert_der) = self_signed("scopegate test A", 1);
-    let gw = Ops::start(
+    let gw = Gateway::start_with_files(
         &tls_toml(&jwks.url, &upstream),
-        &[("cert.pem", cert_pem.as_bytes()), ("key.pem", key_pem.as_bytes())],
+        &[("cert.pem", cert_pem.as_str()), ("key.pem", key_pem.as_str())],
     )
     .await;
     let token = key.sign(&claims(ISS, "client-1", SCOPE));
@@ -814,9 +478,11 @@ async fn tls_certificate_rotation_is_picked_up_and_a_bad_cert_is_ignored() {
     let (a_pem, a_key, a_der) = self_signed("scopegate test A", 1);
     let (b_pem, b_key, b_der) = self_signed("scopegate test B", 2);
     assert_ne!(a_der, b_der);
-    let gw =
-        Ops::start(&tls_toml(&jwks.url, &upstream), &[("cert.pem", a_pem.as_bytes()), ("key.pem", a_key.as_bytes())])
-            .await;
+    let gw = Gateway::start_with_files(
+        &tls_toml(&jwks.url, &upstream),
+        &[("cert.pem", a_pem.as_str()), ("key.pem", a_key.as_str())],
+    )
+    .await;
     let token = key.sign(&claims(ISS, "client-1", SCOPE));
     let client = tls_client(&[&a_der, &b_der], &[b"http/1.1"]);
 
@@ -886,12 +552,12 @@ async fn access_log_is_one_json_line_per_request_without_the_token() {
         "",
         &format!(
             "[log]\nformat = \"json\"\n\n{}{}{}",
-            issuer_toml(&jwks.url, ""),
-            upstream_toml(&upstream),
+            issuer_toml(ISS, &jwks_uri(&jwks.url), &["RS256"], ""),
+            upstream_toml("books", &upstream.url),
             jwt_route("/book")
         ),
     );
-    let mut p = Proc::start(&toml).await;
+    let mut p = Binary::start(&toml).await;
     let token = key.sign(&claims(ISS, "client-1", SCOPE));
     let ok = try_send(p.addr, "GET", "/book", &[("authorization", &bearer(&token)), ("x-request-id", "ops-req-ok")])
         .await

@@ -1,8 +1,7 @@
 //! Upgraded connections (WebSocket): only `websocket` is relayed, the upstream's 101 must say
 //! the same, and a tunnel keeps its connection slot and closes when idle.
 
-mod common;
-use common::*;
+use crate::common::*;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -15,37 +14,17 @@ const UPGRADE: &str = "GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConn
 const PING: &[u8] = b"GET /ping HTTP/1.1\r\nHost: x\r\n\r\n";
 
 fn config(server: &str, upstream_url: &str) -> String {
-    format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\n{server}\n\n\
-         [upstreams.echo]\nurl = \"{upstream_url}\"\n\n\
-         [[routes]]\npath = \"/ws\"\nauth = \"none\"\nupstream = \"echo\"\n\n\
-         [[routes]]\npath = \"/ping\"\nauth = \"none\"\nresponse = {{ status = 200, body = 'pong' }}\n"
-    )
-}
-
-async fn bounded<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
-    tokio::time::timeout(Duration::from_secs(10), f).await.unwrap_or_else(|_| panic!("{what}: no result within 10 s"))
-}
-
-/// Reads a response head; returns it and whatever followed it.
-async fn read_head(s: &mut TcpStream) -> (String, Vec<u8>) {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 1024];
-    loop {
-        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            return (String::from_utf8_lossy(&buf[..i]).into_owned(), buf[i + 4..].to_vec());
-        }
-        let n = s.read(&mut chunk).await.expect("read response head");
-        assert!(n > 0, "closed before a response head: {:?}", String::from_utf8_lossy(&buf));
-        buf.extend_from_slice(&chunk[..n]);
-    }
+    server_toml(server)
+        + &upstream_toml("echo", upstream_url)
+        + &route_toml("/ws", &[], &[PUBLIC, &forward_to("echo")])
+        + &route_toml("/ping", &[], &[PUBLIC, &response_line(200, "", "pong")])
 }
 
 /// Opens a WebSocket tunnel through the gateway to the echoing upstream.
 async fn open_tunnel(addr: SocketAddr) -> TcpStream {
     let mut s = TcpStream::connect(addr).await.expect("connect");
     s.write_all(UPGRADE.as_bytes()).await.expect("write upgrade");
-    let (head, rest) = bounded("101", read_head(&mut s)).await;
+    let (head, rest) = bounded(10, "101", read_head(&mut s)).await;
     assert!(head.starts_with("HTTP/1.1 101"), "head: {head}");
     assert!(rest.is_empty());
     s
@@ -55,21 +34,8 @@ async fn open_tunnel(addr: SocketAddr) -> TcpStream {
 async fn echo(s: &mut TcpStream, msg: &[u8]) {
     s.write_all(msg).await.expect("write through the tunnel");
     let mut got = vec![0u8; msg.len()];
-    bounded("echo", s.read_exact(&mut got)).await.expect("read the echo");
+    bounded(10, "echo", s.read_exact(&mut got)).await.expect("read the echo");
     assert_eq!(got, msg);
-}
-
-async fn closed_within(s: &mut TcpStream, bound: Duration) -> bool {
-    let mut sink = [0u8; 1024];
-    let drained = async {
-        loop {
-            match s.read(&mut sink).await {
-                Ok(0) | Err(_) => return,
-                Ok(_) => {}
-            }
-        }
-    };
-    tokio::time::timeout(bound, drained).await.is_ok()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -89,7 +55,7 @@ async fn an_open_tunnel_keeps_its_connection_slot() {
 
     // Closing the tunnel frees the slot.
     drop(tunnel);
-    let n = bounded("the second client once the tunnel closed", second.read(&mut buf)).await.expect("read");
+    let n = bounded(10, "the second client once the tunnel closed", second.read(&mut buf)).await.expect("read");
     assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"), "{:?}", &buf[..n]);
     gw.stop().await;
 }
@@ -129,7 +95,7 @@ async fn an_upgrade_to_anything_but_websocket_is_not_relayed() {
     // Offered next to websocket, another protocol is dropped and websocket is relayed.
     let mut s = TcpStream::connect(gw.addr).await.expect("connect");
     s.write_all(UPGRADE.replace("Upgrade: websocket", "Upgrade: h2c, websocket").as_bytes()).await.expect("write");
-    let (head, _) = bounded("101", read_head(&mut s)).await;
+    let (head, _) = bounded(10, "101", read_head(&mut s)).await;
     assert!(head.starts_with("HTTP/1.1 101"), "head: {head}");
     assert_eq!(upstream.last().expect("upgrade forwarded").header_all("upgrade"), vec!["websocket"]);
     echo(&mut s, b"ws").await;

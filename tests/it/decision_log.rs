@@ -4,12 +4,8 @@
 //! allowed with a cache miss then a hit). Each JSON access line must carry the decision; no
 //! token and no client secret may appear anywhere in the process output.
 
-mod common;
-use common::*;
+use crate::common::*;
 
-use std::net::SocketAddr;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -19,98 +15,11 @@ const BUILTIN: &str = "https://builtin.scopegate.test";
 /// The plain client secret of the built-in issuer's client `demo`: it must never be logged.
 const SECRET: &str = "s3cret-that-must-never-be-logged-7f3a";
 
-/// The `scopegate` binary, killed (and reaped) on drop if still running; stdout and stderr
-/// go to files in its temp dir.
-struct Proc {
-    child: Child,
-    addr: SocketAddr,
-    dir: tempfile::TempDir,
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-fn read_lossy(path: &Path) -> String {
-    std::fs::read(path).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default()
-}
-
-/// The stdout lines that are JSON objects.
-fn json_lines(out: &str) -> Vec<Value> {
-    out.lines().filter_map(|l| serde_json::from_str::<Value>(l).ok()).collect()
-}
-
-impl Proc {
-    /// Runs the binary on `toml` and reads its data-plane address from its "listening" line.
-    async fn start(toml: &str) -> Proc {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let config = dir.path().join("gateway.toml");
-        std::fs::write(&config, toml).expect("write gateway.toml");
-        let stdout = std::fs::File::create(dir.path().join("stdout.log")).expect("stdout file");
-        let stderr = std::fs::File::create(dir.path().join("stderr.log")).expect("stderr file");
-        let child = Command::new(env!("CARGO_BIN_EXE_scopegate"))
-            .arg("--config")
-            .arg(&config)
-            .env("RUST_LOG", "info")
-            .env_remove("SCOPEGATE_CONFIG")
-            .stdin(Stdio::null())
-            .stdout(stdout)
-            .stderr(stderr)
-            .spawn()
-            .expect("spawn scopegate");
-        let mut p = Proc { child, addr: "127.0.0.1:1".parse().expect("addr"), dir };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(Some(status)) = p.child.try_wait() {
-                panic!("scopegate exited early ({status}):\n{}", p.output());
-            }
-            let listening = json_lines(&p.stdout())
-                .into_iter()
-                .find(|v| v["message"] == "scopegate listening")
-                .and_then(|v| v["addr"].as_str().and_then(|a| a.parse().ok()));
-            if let Some(addr) = listening {
-                p.addr = addr;
-                return p;
-            }
-            assert!(Instant::now() < deadline, "scopegate never logged its address:\n{}", p.output());
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    fn stdout(&self) -> String {
-        read_lossy(&self.dir.path().join("stdout.log"))
-    }
-
-    fn output(&self) -> String {
-        format!("{}\n{}", self.stdout(), read_lossy(&self.dir.path().join("stderr.log")))
-    }
-
-    /// Stops the process (SIGTERM, then kill) so everything it logged is on disk.
-    async fn stop(&mut self) {
-        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
-        let deadline = Instant::now() + Duration::from_secs(25);
-        while !matches!(self.child.try_wait(), Ok(Some(_))) {
-            if Instant::now() >= deadline {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-    }
-}
-
 /// The access line of the request with this `x-request-id`, waiting (bounded) for it.
-async fn access_line(p: &Proc, id: &str) -> Value {
+async fn access_line(p: &Binary, id: &str) -> Value {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let found =
-            json_lines(&p.stdout()).into_iter().find(|v| v["target"] == "scopegate::access" && v["request_id"] == id);
+        let found = p.json_lines().into_iter().find(|v| v["target"] == "scopegate::access" && v["request_id"] == id);
         if let Some(line) = found {
             return line;
         }
@@ -119,7 +28,7 @@ async fn access_line(p: &Proc, id: &str) -> Value {
     }
 }
 
-async fn request(p: &Proc, path: &str, id: &str, token: Option<&str>) -> Resp {
+async fn request(p: &Binary, path: &str, id: &str, token: Option<&str>) -> Resp {
     let auth = token.map(|t| format!("Bearer {t}"));
     let mut headers = vec![("x-request-id", id)];
     if let Some(auth) = &auth {
@@ -165,57 +74,18 @@ fn assert_decision(
 async fn access_line_explains_every_decision_without_tokens_or_secrets() {
     let key = TestKey::generate(Algorithm::RS256, "log-k1");
     let jwks = JwksServer::start(vec![key.jwk()]).await;
-    let toml = format!(
-        r#"[server]
-listen = "127.0.0.1:0"
-
-[log]
-format = "json"
-
-[auth]
-scope_failure_status = 403
-
-[[auth.issuers]]
-issuer = {iss}
-jwks_uri = {jwks}
-algorithms = ["RS256"]
-
-[issuer]
-issuer = {builtin}
-
-[[issuer.resource_servers]]
-identifier = "API"
-scopes = ["book.get", "book.list", "admin", "audit"]
-
-[[issuer.clients]]
-client_id = "demo"
-client_secret = {secret}
-allowed_scopes = ["API/book.get"]
-
-[[routes]]
-path = "/book"
-methods = ["GET"]
-scopes = ["API/book.get", "API/book.list"]
-response = {{ status = 200, content_type = "application/json", body = '{{"ok":true}}' }}
-
-[[routes]]
-path = "/admin"
-methods = ["GET"]
-scopes_all = ["API/admin", "API/audit"]
-response = {{ status = 200, content_type = "application/json", body = '{{"ok":true}}' }}
-
-[[routes]]
-path = "/public"
-methods = ["GET"]
-auth = "none"
-response = {{ status = 200, content_type = "application/json", body = '{{"ok":true}}' }}
-"#,
-        iss = toml_str(ISS),
-        jwks = toml_str(&jwks.url),
-        builtin = toml_str(BUILTIN),
-        secret = toml_str(SECRET),
-    );
-    let mut p = Proc::start(&toml).await;
+    let ok = mock_response("application/json", r#"{"ok":true}"#);
+    let toml = server_toml("")
+        + "[log]\nformat = \"json\"\n\n"
+        + &auth_toml("scope_failure_status = 403")
+        + &issuer_toml(ISS, &jwks_uri(&jwks.url), &["RS256"], "")
+        + &builtin_issuer_toml(BUILTIN, "")
+        + &resource_server_toml("API", &["book.get", "book.list", "admin", "audit"])
+        + &client_toml("demo", &format!("client_secret = {}", toml_str(SECRET)), &["API/book.get"])
+        + &route_toml("/book", &["GET"], &[&scopes(&["API/book.get", "API/book.list"]), &ok])
+        + &route_toml("/admin", &["GET"], &[r#"scopes_all = ["API/admin", "API/audit"]"#, &ok])
+        + &route_toml("/public", &["GET"], &[PUBLIC, &ok]);
+    let mut p = Binary::start(&toml).await;
     let mut tokens = Vec::new();
 
     // No token.
@@ -326,7 +196,7 @@ response = {{ status = 200, content_type = "application/json", body = '{{"ok":tr
     );
     assert_decision(&access_line(&p, "public").await, (200, ""), ("/public", "", ""), ("", "", false, "none"), ("", 0));
 
-    p.stop().await;
+    p.terminate(Duration::from_secs(25)).await;
     let all = p.output();
     for token in &tokens {
         assert!(!all.contains(token.as_str()), "a token appears in the output:\n{all}");

@@ -10,8 +10,7 @@
 //! close, it reads nothing more and closes [`LINGER`] later, and records what arrived in
 //! between (requests the application never saw).
 
-mod common;
-use common::*;
+use crate::common::*;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -158,11 +157,9 @@ async fn close(stream: TcpStream, seen: &Mutex<Seen>) {
 }
 
 fn config(upstream: &ClosingUpstream) -> String {
-    format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\n\n[upstreams.app]\nurl = {}\n\n\
-         [[routes]]\npath = \"/{{proxy+}}\"\nauth = \"none\"\nupstream = \"app\"\n",
-        toml_str(&upstream.url)
-    )
+    server_toml("")
+        + &upstream_toml("app", &upstream.url)
+        + &route_toml("/{proxy+}", &[], &[PUBLIC, &forward_to("app")])
 }
 
 /// The pause before request `i`: 270 to 330 ms, spread evenly, so requests reach the upstream
