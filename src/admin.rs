@@ -13,7 +13,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::error::{json_response, Body};
-use crate::proxy::Shared;
+use crate::state::Shared;
 
 fn answer(shared: &Shared, req: &Request<Incoming>) -> Response<Body> {
     let json = HeaderValue::from_static("application/json");

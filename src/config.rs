@@ -18,8 +18,6 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Deserializer};
 use toml::Spanned;
 
-use crate::error::ScopeFailureStatus;
-
 // ---------------------------------------------------------------------------------------------
 // Diagnostics
 
@@ -63,6 +61,38 @@ impl std::error::Error for ConfigError {}
 /// A byte span in the config text, resolved to line and column when reported.
 pub type Span = std::ops::Range<usize>;
 
+/// Where a setting was written (1-based line and column), kept in the validated config for the
+/// problems found only when the setting is put to work: a file it names that cannot be read, a
+/// key that does not parse, two routes that overlap.
+///
+/// A position is not part of a setting's identity: two settings equal in everything but where
+/// they were written compare equal, so moving a table within the file does not rebuild (and
+/// reconnect) what it configures.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Pos {
+    pub line: usize,
+    pub col: usize,
+}
+
+impl PartialEq for Pos {
+    fn eq(&self, _: &Pos) -> bool {
+        true
+    }
+}
+
+impl Eq for Pos {}
+
+impl std::hash::Hash for Pos {
+    fn hash<H: std::hash::Hasher>(&self, _: &mut H) {}
+}
+
+impl Diag {
+    /// A problem with the setting written at `pos` in `file`.
+    pub fn at(file: &Path, pos: Pos, message: impl Into<String>) -> Diag {
+        Diag { file: file.to_owned(), pos: Some((pos.line, pos.col)), message: message.into() }
+    }
+}
+
 struct Diags<'a> {
     file: &'a Path,
     text: &'a str,
@@ -76,6 +106,11 @@ impl<'a> Diags<'a> {
     }
     fn whole(&mut self, message: impl Into<String>) {
         self.list.push(Diag { file: self.file.to_owned(), pos: None, message: message.into() });
+    }
+    /// The line and column where `span` starts.
+    fn pos(&self, span: &Span) -> Pos {
+        let (line, col) = line_col(self.text, span.start);
+        Pos { line, col }
     }
 }
 
@@ -440,6 +475,8 @@ pub struct BuiltinIssuerConfig {
     pub issuer: String,
     /// PKCS#8 PEM; `None`: a key is generated at start, in memory only.
     pub signing_key: Option<PathBuf>,
+    /// Where `signing_key` was written.
+    pub signing_key_at: Pos,
     pub token_ttl: Duration,
     /// Every full scope name (`identifier/scope`) the resource servers define.
     pub scopes: Vec<String>,
@@ -491,12 +528,23 @@ pub struct ServerConfig {
 pub struct TlsConfig {
     pub cert: PathBuf,
     pub key: PathBuf,
+    /// Where `cert` was written.
+    pub at: Pos,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
     Json,
     Text,
+}
+
+/// How a refused scope check is answered (`auth.scope_failure_status`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScopeFailureStatus {
+    /// REST API Cognito authorizer behaviour.
+    Unauthorized,
+    /// HTTP API JWT authorizer behaviour.
+    Forbidden,
 }
 
 #[derive(Debug, Clone)]
@@ -529,6 +577,8 @@ pub struct IssuerConfig {
     pub algorithms: Vec<Algorithm>,
     pub refresh: Duration,
     pub kid_miss_cooldown: Duration,
+    /// Where the key source was written.
+    pub at: Pos,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -540,6 +590,8 @@ pub struct UpstreamConfig {
     pub https: bool,
     pub connect_timeout: Duration,
     pub ca_file: Option<PathBuf>,
+    /// Where `ca_file` was written.
+    pub ca_file_at: Pos,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -580,8 +632,8 @@ pub struct RouteConfig {
     pub methods: Methods,
     pub auth: RouteAuth,
     pub action: Action,
-    /// Where the route was written, for overlap errors and logs.
-    pub span: Span,
+    /// Where the route was written, for overlap errors and warnings.
+    pub at: Pos,
 }
 
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
@@ -630,24 +682,14 @@ fn drop_null(v: &mut serde_json::Value) {
 }
 
 impl Config {
-    /// Reads, parses and validates the file. Used at start-up, by `check`, and by reloads.
+    /// Reads, parses and validates the file: its syntax, types, ranges and the references
+    /// between its sections. The files it names are read when a snapshot is built from it
+    /// ([`crate::snapshot::compile`]). Used at start-up, by `check`, and by reloads.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|e| {
             ConfigError(vec![Diag { file: path.to_owned(), pos: None, message: format!("cannot read: {e}") }])
         })?;
         Config::parse(path, &text)
-    }
-
-    /// What `scopegate check` runs: [`Config::load`], plus the warnings about legal but risky
-    /// settings (`FILE:LINE:COL: warning: ...`). They are computed here only, not on every load:
-    /// comparing every pair of routes is quadratic, and a reload of a large table must stay cheap.
-    pub fn check(path: &Path) -> Result<(Config, Vec<Diag>), ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            ConfigError(vec![Diag { file: path.to_owned(), pos: None, message: format!("cannot read: {e}") }])
-        })?;
-        let config = Config::parse(path, &text)?;
-        let warnings = shadow_warnings(&config.routes, path, &text);
-        Ok((config, warnings))
     }
 
     /// Parses and validates `text` as if read from `path`.
@@ -666,88 +708,10 @@ impl Config {
         };
         let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
         let config = validate(raw, path, &base, &mut diags);
-        if diags.list.is_empty() {
-            let config = config.expect("validate returns a config whenever it reports no problem");
-            // The route table reports overlaps with positions, so it is built as part of
-            // validation: a config that loads always compiles.
-            if let Err(errs) = crate::route::Table::build(&config.routes) {
-                for (span, msg) in errs {
-                    diags.at(&span, msg);
-                }
-                return Err(ConfigError(diags.list));
-            }
-            Ok(config)
-        } else {
-            Err(ConfigError(diags.list))
+        match config {
+            Some(config) if diags.list.is_empty() => Ok(config),
+            _ => Err(ConfigError(diags.list)),
         }
-    }
-
-    /// The one-screen summary printed by `scopegate check`.
-    pub fn summary(&self) -> String {
-        use std::fmt::Write as _;
-        let mut s = String::new();
-        let _ = writeln!(s, "config {} is valid", self.path.display());
-        let _ = writeln!(s, "listeners:");
-        let _ = writeln!(s, "  data  {}", self.server.listen);
-        match self.server.admin_listen {
-            Some(a) => {
-                let _ = writeln!(s, "  admin {a}");
-            }
-            None => {
-                let _ = writeln!(s, "  admin (disabled)");
-            }
-        }
-        let _ = writeln!(s, "issuers: {}", self.auth.issuers.len());
-        for i in &self.auth.issuers {
-            let src = match &i.source {
-                KeySource::Uri(u) => format!("jwks_uri {u}"),
-                KeySource::File(p) => format!("jwks_file {}", p.display()),
-                KeySource::Discovery => "discovery".to_owned(),
-                KeySource::Builtin => "built-in".to_owned(),
-            };
-            let algs: Vec<_> = i.algorithms.iter().map(|a| format!("{a:?}")).collect();
-            let _ = writeln!(s, "  {} ({src}; {})", i.issuer, algs.join(","));
-        }
-        if let Some(b) = &self.issuer {
-            let key = b.signing_key.as_ref().map_or("generated in memory".to_owned(), |p| p.display().to_string());
-            let _ = writeln!(
-                s,
-                "built-in issuer: {} (key {key}; {} clients, {} scopes)",
-                b.issuer,
-                b.clients.len(),
-                b.scopes.len()
-            );
-        }
-        let _ = writeln!(s, "upstreams: {}", self.upstreams.len());
-        for u in &self.upstreams {
-            let _ = writeln!(s, "  {} -> {}{}", u.name, u.scheme_authority, u.path_prefix);
-        }
-        let _ = writeln!(s, "routes: {}", self.routes.len());
-        for r in &self.routes {
-            let methods = match &r.methods {
-                Methods::Any => "ANY".to_owned(),
-                Methods::Only(m) => m.iter().map(Method::as_str).collect::<Vec<_>>().join(","),
-            };
-            let auth = match &r.auth {
-                RouteAuth::None => "public".to_owned(),
-                RouteAuth::Jwt { any_of, all_of } => {
-                    let mut parts = vec!["jwt".to_owned()];
-                    if !any_of.is_empty() {
-                        parts.push(format!("any of [{}]", any_of.join(" ")));
-                    }
-                    if !all_of.is_empty() {
-                        parts.push(format!("all of [{}]", all_of.join(" ")));
-                    }
-                    parts.join(", ")
-                }
-            };
-            let target = match &r.action {
-                Action::Upstream(i) => format!("-> {}", self.upstreams[*i].name),
-                Action::Mock(m) => format!("-> mock {}", m.status.as_u16()),
-            };
-            let _ = writeln!(s, "  {methods:<10} {:<30} {auth:<40} {target}", r.path);
-        }
-        s
     }
 }
 
@@ -805,17 +769,8 @@ fn validate_builtin(
             ok = false;
         }
     }
-    let signing_key = match b.signing_key {
-        None => None,
-        Some(k) => {
-            let p = base.join(&k.get_ref().0);
-            if let Err(e) = crate::issuer::SigningKey::load(&p) {
-                d.at(&k.span(), format!("signing_key {}: {e}", p.display()));
-                ok = false;
-            }
-            Some(p)
-        }
-    };
+    let signing_key_at = b.signing_key.as_ref().map_or_else(|| d.pos(&issuer_span), |k| d.pos(&k.span()));
+    let signing_key = b.signing_key.map(|k| base.join(&k.get_ref().0));
     let token_ttl = match b.token_ttl {
         None => Duration::from_secs(3600),
         Some(t) if t.get_ref().0 >= Duration::from_secs(1) => t.get_ref().0,
@@ -880,7 +835,7 @@ fn validate_builtin(
         }
         clients.push(ClientConfig { client_id, secret, allowed_scopes });
     }
-    ok.then_some(BuiltinIssuerConfig { issuer, signing_key, token_ttl, scopes, clients })
+    ok.then_some(BuiltinIssuerConfig { issuer, signing_key, signing_key_at, token_ttl, scopes, clients })
 }
 
 fn validate_server(s: RawServer, base: &Path, d: &mut Diags<'_>) -> Option<ServerConfig> {
@@ -917,12 +872,8 @@ fn validate_server(s: RawServer, base: &Path, d: &mut Diags<'_>) -> Option<Serve
         None => None,
         Some(t) => {
             let t = t.into_inner();
-            let cfg = TlsConfig { cert: base.join(&t.cert.get_ref().0), key: base.join(&t.key.get_ref().0) };
-            if let Err(e) = crate::listener::tls_config(&cfg) {
-                d.at(&t.cert.span(), e);
-                ok = false;
-            }
-            Some(cfg)
+            let at = d.pos(&t.cert.span());
+            Some(TlsConfig { cert: base.join(&t.cert.get_ref().0), key: base.join(&t.key.get_ref().0), at })
         }
     };
     if !ok {
@@ -1051,22 +1002,7 @@ fn validate_issuer(i: RawIssuer, span: &Span, base: &Path, d: &mut Diags<'_>) ->
         }
         Some(KeySource::Uri(url.clone()))
     } else if let Some(f) = &i.jwks_file {
-        let p = base.join(&f.get_ref().0);
-        match std::fs::read(&p) {
-            Ok(bytes) => {
-                if let Err(e) = crate::auth::jwks::KeySet::parse(&bytes, &[Algorithm::RS256]) {
-                    if !matches!(e, crate::auth::jwks::JwksError::NoUsableKey) {
-                        d.at(&f.span(), format!("jwks_file {}: {e}", p.display()));
-                        ok = false;
-                    }
-                }
-            }
-            Err(e) => {
-                d.at(&f.span(), format!("jwks_file {}: {e}", p.display()));
-                ok = false;
-            }
-        }
-        Some(KeySource::File(p))
+        Some(KeySource::File(base.join(&f.get_ref().0)))
     } else {
         if !(issuer.starts_with("http://") || issuer.starts_with("https://")) {
             d.at(&i.issuer.span(), "discovery = true needs an http:// or https:// issuer");
@@ -1101,6 +1037,10 @@ fn validate_issuer(i: RawIssuer, span: &Span, base: &Path, d: &mut Diags<'_>) ->
     let refresh = i.refresh.map_or(Duration::from_secs(300), |v| v.0);
     let kid_miss_cooldown = i.kid_miss_cooldown.map_or(Duration::from_secs(30), |v| v.0);
     let source = source?;
+    let at = match (&i.jwks_uri, &i.jwks_file) {
+        (Some(v), _) | (None, Some(v)) => d.pos(&v.span()),
+        (None, None) => d.pos(span),
+    };
     ok.then(|| IssuerConfig {
         issuer,
         source,
@@ -1109,6 +1049,7 @@ fn validate_issuer(i: RawIssuer, span: &Span, base: &Path, d: &mut Diags<'_>) ->
         algorithms,
         refresh,
         kid_miss_cooldown,
+        at,
     })
 }
 
@@ -1139,25 +1080,15 @@ fn validate_upstream(name: String, u: Spanned<RawUpstream>, base: &Path, d: &mut
         d.at(&url_span, format!("upstreams.{name}.url must not have a query string"));
         return None;
     }
-    let ca_file = match u.ca_file {
-        None => None,
-        Some(f) => {
-            let p = base.join(&f.get_ref().0);
-            match crate::upstream::read_ca_file(&p) {
-                Ok(_) => Some(p),
-                Err(e) => {
-                    d.at(&f.span(), format!("ca_file {}: {e}", p.display()));
-                    return None;
-                }
-            }
-        }
-    };
+    let ca_file_at = d.pos(&u.ca_file.as_ref().map_or(url_span, Spanned::span));
+    let ca_file = u.ca_file.map(|f| base.join(&f.get_ref().0));
     Some(UpstreamConfig {
         scheme_authority: format!("{}://{}", if https { "https" } else { "http" }, authority),
         path_prefix: uri.path().trim_end_matches('/').to_owned(),
         https,
         connect_timeout: u.connect_timeout.map_or(Duration::from_secs(2), |v| v.0),
         ca_file,
+        ca_file_at,
         name,
     })
 }
@@ -1168,7 +1099,7 @@ fn validate_route(r: Spanned<RawRoute>, upstreams: &[UpstreamConfig], d: &mut Di
     let mut ok = true;
     let path_span = r.path.span();
     let path = r.path.into_inner().0;
-    if let Err(e) = crate::route::check_template(&path) {
+    if let Err(e) = crate::path::check_template(&path) {
         d.at(&path_span, format!("route path {path:?}: {e}"));
         ok = false;
     }
@@ -1256,80 +1187,8 @@ fn validate_route(r: Spanned<RawRoute>, upstreams: &[UpstreamConfig], d: &mut Di
         (None, Some(m)) => validate_mock(m, d).map(Action::Mock),
     };
     let action = action?;
-    ok.then_some(RouteConfig { path, methods, auth, action, span })
-}
-
-/// One warning per route that sits beneath routes with a stronger policy: its template shares
-/// paths with theirs and loses them by precedence, so a path near theirs that the table does not
-/// match exactly (`/admin.json` or `/admin/x` next to `/admin`) is served under its weaker policy.
-fn shadow_warnings(routes: &[RouteConfig], file: &Path, text: &str) -> Vec<Diag> {
-    let mut shadowed: Vec<Vec<usize>> = vec![Vec::new(); routes.len()];
-    for (broad, narrow) in crate::route::beneath(routes) {
-        let (b, n) = (&routes[broad], &routes[narrow]);
-        if methods_meet(&b.methods, &n.methods) && !implies(&b.auth, &n.auth) {
-            shadowed[broad].push(narrow);
-        }
-    }
-    let label = |r: &RouteConfig| {
-        let methods = match &r.methods {
-            Methods::Any => "ANY".to_owned(),
-            Methods::Only(m) => m.iter().map(Method::as_str).collect::<Vec<_>>().join(","),
-        };
-        format!("{methods} {:?}", r.path)
-    };
-    let mut out = Vec::new();
-    for (broad, narrow) in shadowed.iter().enumerate() {
-        if narrow.is_empty() {
-            continue;
-        }
-        let b = &routes[broad];
-        let kind = if b.auth == RouteAuth::None { "public route" } else { "route" };
-        let names: Vec<String> = narrow
-            .iter()
-            .map(|&n| format!("{} (line {})", label(&routes[n]), line_col(text, routes[n].span.start).0))
-            .collect();
-        out.push(Diag {
-            file: file.to_owned(),
-            pos: Some(line_col(text, b.span.start)),
-            message: format!(
-                "warning: {kind} {} sits beneath {} with a stronger policy: {}; requests for nearby paths that the table \
-                 does not match exactly (a suffix such as \".json\", a further segment) get this route's weaker \
-                 policy, even where the upstream serves them as the protected path",
-                label(b),
-                if narrow.len() == 1 { "a route" } else { "routes" },
-                names.join(", "),
-            ),
-        });
-    }
-    out
-}
-
-/// Whether two routes can take the same method (HEAD is checked as GET).
-fn methods_meet(a: &Methods, b: &Methods) -> bool {
-    let fold = |m: &Method| if m == Method::HEAD { Method::GET } else { m.clone() };
-    match (a, b) {
-        (Methods::Any, _) | (_, Methods::Any) => true,
-        (Methods::Only(x), Methods::Only(y)) => x.iter().any(|m| y.iter().any(|n| fold(m) == fold(n))),
-    }
-}
-
-/// Whether every request that `a`'s policy accepts is also accepted by `b`'s (`a` is at least as
-/// strict as `b`). Decided from the scope lists alone, without knowing which scopes exist.
-fn implies(a: &RouteAuth, b: &RouteAuth) -> bool {
-    match (a, b) {
-        (_, RouteAuth::None) => true,
-        (RouteAuth::None, RouteAuth::Jwt { .. }) => false,
-        (RouteAuth::Jwt { any_of: a_any, all_of: a_all }, RouteAuth::Jwt { any_of: b_any, all_of: b_all }) => {
-            // Scopes every token accepted by `a` has: its all-of, and its any-of when that has
-            // only one choice.
-            let forced = |s: &String| a_all.contains(s) || (a_any.len() == 1 && a_any.contains(s));
-            let all_ok = b_all.iter().all(forced);
-            let any_ok = b_any.is_empty()
-                || b_any.iter().any(forced)
-                || (!a_any.is_empty() && a_any.iter().all(|s| b_any.contains(s)));
-            all_ok && any_ok
-        }
-    }
+    let at = d.pos(&span);
+    ok.then_some(RouteConfig { path, methods, auth, action, at })
 }
 
 fn validate_mock(m: Spanned<RawMock>, d: &mut Diags<'_>) -> Option<MockResponse> {
@@ -1415,24 +1274,6 @@ mod tests {
         assert_eq!(c.auth.leeway, Duration::from_secs(60));
         assert_eq!(c.auth.cache_entries, 65536);
         assert!(c.auth.forward_token && c.auth.identity_headers);
-    }
-
-    #[test]
-    fn scope_requirements_compare_by_strictness() {
-        let jwt = |any: &[&str], all: &[&str]| RouteAuth::Jwt {
-            any_of: any.iter().map(|s| (*s).to_owned()).collect(),
-            all_of: all.iter().map(|s| (*s).to_owned()).collect(),
-        };
-        let admin = jwt(&["a"], &[]);
-        assert!(implies(&admin, &admin));
-        assert!(implies(&admin, &RouteAuth::None));
-        assert!(!implies(&RouteAuth::None, &admin));
-        assert!(!implies(&jwt(&[], &[]), &admin));
-        assert!(implies(&jwt(&[], &["a", "b"]), &admin));
-        assert!(implies(&jwt(&["a"], &["b"]), &jwt(&[], &["a", "b"])));
-        assert!(!implies(&jwt(&["a", "c"], &[]), &admin));
-        assert!(implies(&jwt(&["a", "c"], &[]), &jwt(&["a", "b", "c"], &[])));
-        assert!(!implies(&jwt(&["a", "c"], &[]), &jwt(&[], &["a"])));
     }
 
     #[test]

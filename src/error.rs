@@ -50,14 +50,7 @@ impl AuthFailure {
     }
 }
 
-/// How a refused scope check is answered (`auth.scope_failure_status`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ScopeFailureStatus {
-    /// REST API Cognito authorizer behaviour.
-    Unauthorized,
-    /// HTTP API JWT authorizer behaviour.
-    Forbidden,
-}
+pub use crate::config::ScopeFailureStatus;
 
 /// A request the gateway answers itself instead of forwarding.
 #[derive(Debug, Clone, PartialEq, Eq)]

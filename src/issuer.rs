@@ -25,7 +25,7 @@ use subtle::ConstantTimeEq;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::auth::jwks::{IssuerKeys, KeySet};
-use crate::config::{BuiltinIssuerConfig, ClientConfig, ClientSecret, IssuerConfig, KeySource};
+use crate::config::{BuiltinIssuerConfig, ClientConfig, ClientSecret, IssuerConfig, KeySource, Pos};
 use crate::error::{json_response, Body, Reject};
 use crate::metrics::Metrics;
 
@@ -364,17 +364,19 @@ impl BuiltinIssuer {
     /// Builds the issuer for a new snapshot. The key is taken over from `previous` when the
     /// key source did not change (so a generated key survives reloads); when it did change, the
     /// previous public key stays published for `token_ttl`.
-    pub fn build(config: BuiltinIssuerConfig, previous: Option<&BuiltinIssuer>) -> Result<BuiltinIssuer, String> {
-        let key = match (&config.signing_key, previous) {
+    ///
+    /// `key` is the key `config.signing_key` names, read when the snapshot was compiled; `None`
+    /// when no signing_key is configured.
+    pub fn build(
+        config: BuiltinIssuerConfig,
+        key: Option<SigningKey>,
+        previous: Option<&BuiltinIssuer>,
+    ) -> Result<BuiltinIssuer, String> {
+        let key = match (key, previous) {
             (None, Some(p)) if p.config.signing_key.is_none() => Arc::clone(&p.key),
             (None, _) => Arc::new(SigningKey::generate()?),
-            (Some(path), _) => {
-                let k = SigningKey::load(path).map_err(|e| format!("signing_key {}: {e}", path.display()))?;
-                match previous {
-                    Some(p) if p.key.kid == k.kid => Arc::clone(&p.key),
-                    _ => Arc::new(k),
-                }
-            }
+            (Some(k), Some(p)) if p.key.kid == k.kid => Arc::clone(&p.key),
+            (Some(k), _) => Arc::new(k),
         };
         let mut retired = Vec::new();
         if let Some(p) = previous {
@@ -434,6 +436,7 @@ impl BuiltinIssuer {
             algorithms: self.algorithms(),
             refresh: Duration::from_secs(3600),
             kid_miss_cooldown: Duration::from_secs(30),
+            at: Pos::default(),
         }
     }
 
@@ -709,6 +712,7 @@ mod tests {
         let config = BuiltinIssuerConfig {
             issuer: "https://issuer.test".to_owned(),
             signing_key: None,
+            signing_key_at: crate::config::Pos::default(),
             token_ttl: Duration::from_secs(60),
             scopes: Vec::new(),
             clients: vec![
@@ -716,7 +720,7 @@ mod tests {
                 client("beta", ClientSecret::Plain("beta-secret".to_owned())),
             ],
         };
-        Arc::new(BuiltinIssuer::build(config, None).unwrap())
+        Arc::new(BuiltinIssuer::build(config, None, None).unwrap())
     }
 
     async fn check(issuer: &Arc<BuiltinIssuer>, checks: &Arc<SecretChecks>, id: &str, secret: &str) -> Option<String> {
@@ -779,7 +783,7 @@ mod tests {
         let first = issuer();
         let checks = Arc::clone(&first.checks);
         assert_eq!(check(&first, &checks, "beta", "beta-secret").await.as_deref(), Some("beta"));
-        let next = BuiltinIssuer::build(first.config.clone(), Some(&first)).unwrap();
+        let next = BuiltinIssuer::build(first.config.clone(), None, Some(&first)).unwrap();
         assert!(Arc::ptr_eq(&next.checks, &first.checks));
         assert!(next.verified.lock().unwrap().is_empty());
         assert!(!first.verified.lock().unwrap().is_empty());

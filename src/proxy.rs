@@ -9,12 +9,9 @@
 use std::borrow::Cow;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use arc_swap::ArcSwap;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::request::Parts;
 use http::{Request, Response, StatusCode};
@@ -29,6 +26,7 @@ use crate::issuer::{BuiltinIssuer, Endpoint};
 use crate::metrics::{method_label, Metrics};
 use crate::route::{self, Match};
 use crate::snapshot::Snapshot;
+use crate::state::Shared;
 use crate::tunnel;
 use crate::upstream::{self, Upstream};
 
@@ -36,33 +34,6 @@ pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-
-/// State shared by every connection of the process.
-pub struct Shared {
-    pub snapshot: ArcSwap<Snapshot>,
-    pub config_path: PathBuf,
-    pub metrics: Arc<Metrics>,
-    draining: AtomicBool,
-}
-
-impl Shared {
-    pub fn new(snapshot: Snapshot, config_path: PathBuf, metrics: Arc<Metrics>) -> Shared {
-        Shared { snapshot: ArcSwap::from_pointee(snapshot), config_path, metrics, draining: AtomicBool::new(false) }
-    }
-
-    /// Ready to take traffic: not draining and every issuer has keys.
-    pub fn ready(&self) -> bool {
-        !self.is_draining() && self.snapshot.load().ready()
-    }
-
-    pub fn is_draining(&self) -> bool {
-        self.draining.load(Ordering::Relaxed)
-    }
-
-    pub fn start_draining(&self) {
-        self.draining.store(true, Ordering::Relaxed);
-    }
-}
 
 /// What the listener knows about a connection.
 ///
