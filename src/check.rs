@@ -84,7 +84,7 @@ fn summary(config: &Config) -> String {
             }
         };
         let target = match &r.action {
-            Action::Upstream(i) => format!("-> {}", config.upstreams[*i].name),
+            Action::Upstream(name) => format!("-> {name}"),
             Action::Mock(m) => format!("-> mock {}", m.status.as_u16()),
         };
         let _ = writeln!(s, "  {methods:<10} {:<30} {auth:<40} {target}", r.path);

@@ -26,7 +26,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::auth::jwks::{IssuerKeys, KeySet};
 use crate::config::{BuiltinIssuerConfig, ClientConfig, ClientSecret, IssuerConfig, KeySource, Pos};
-use crate::error::{json_response, Body, Reject};
+use crate::error::{json_response, no_store, Body, Reject, TokenError};
 use crate::metrics::Metrics;
 
 pub const TOKEN_PATH: &str = "/oauth2/token";
@@ -125,9 +125,6 @@ const MAX_CHECK_SLOTS: usize = 2;
 const WAITING_PER_SLOT: usize = 4;
 /// Longest a check waits for a free slot before its request is refused.
 const CHECK_WAIT: Duration = Duration::from_secs(1);
-/// `retry-after` of a request refused because the checks are busy.
-const BUSY_RETRY_AFTER: &str = "1";
-
 /// The argon2id secret checks of the token endpoint, bounded so that anonymous clients cannot
 /// take the process's memory or CPU: at most `slots` run at once, each on a blocking thread
 /// with working memory kept for the next check (so a flood does not leave the allocator
@@ -318,46 +315,6 @@ struct AccessClaims<'a> {
     exp: u64,
     jti: String,
     version: u8,
-}
-
-/// An RFC 6749 §5.2 error.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TokenError {
-    InvalidRequest,
-    InvalidClient {
-        basic: bool,
-    },
-    UnsupportedGrantType,
-    InvalidScope,
-    /// Too many secret checks at once (503 with `retry-after`).
-    TemporarilyUnavailable,
-}
-
-impl TokenError {
-    fn into_response(self) -> Response<Body> {
-        let (status, code) = match self {
-            TokenError::InvalidRequest => (StatusCode::BAD_REQUEST, "invalid_request"),
-            TokenError::InvalidClient { .. } => (StatusCode::UNAUTHORIZED, "invalid_client"),
-            TokenError::UnsupportedGrantType => (StatusCode::BAD_REQUEST, "unsupported_grant_type"),
-            TokenError::InvalidScope => (StatusCode::BAD_REQUEST, "invalid_scope"),
-            TokenError::TemporarilyUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable"),
-        };
-        let body = Bytes::from(format!(r#"{{"error":"{code}"}}"#));
-        let mut resp = json_response(status, &HeaderValue::from_static("application/json"), body);
-        no_store(resp.headers_mut());
-        if let TokenError::InvalidClient { basic: true } = self {
-            resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(r#"Basic realm="scopegate""#));
-        }
-        if let TokenError::TemporarilyUnavailable = self {
-            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static(BUSY_RETRY_AFTER));
-        }
-        resp
-    }
-}
-
-fn no_store(h: &mut HeaderMap) {
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    h.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
 }
 
 impl BuiltinIssuer {
@@ -638,12 +595,19 @@ impl BuiltinIssuer {
             None => return Err(TokenError::InvalidRequest),
         }
         let scopes = BuiltinIssuer::grant(client, params.get("scope").map(String::as_str))?;
-        let token = self.mint(&client.client_id, &scopes).map_err(|e| {
-            tracing::error!(error = %e, "signing failed");
-            TokenError::InvalidRequest
-        })?;
+        let resp = self.issue(&client.client_id, &scopes)?;
         metrics.tokens_issued.with_label_values(&[&client.client_id]).inc();
         tracing::info!(client_id = %client.client_id, scope = %scopes.join(" "), "token issued");
+        Ok(resp)
+    }
+
+    /// The token endpoint's answer for a client that passed every check. A token that cannot be
+    /// signed is the gateway's fault, not the request's: 500 `server_error`.
+    fn issue(&self, client_id: &str, scopes: &[&str]) -> Result<Response<Body>, TokenError> {
+        let token = self.mint(client_id, scopes).map_err(|e| {
+            tracing::error!(error = %e, "signing failed");
+            TokenError::ServerError
+        })?;
         let body = json!({
             "access_token": token,
             "expires_in": self.config.token_ttl.as_secs(),
@@ -712,7 +676,7 @@ mod tests {
         let config = BuiltinIssuerConfig {
             issuer: "https://issuer.test".to_owned(),
             signing_key: None,
-            signing_key_at: crate::config::Pos::default(),
+            signing_key_at: Pos::default(),
             token_ttl: Duration::from_secs(60),
             scopes: Vec::new(),
             clients: vec![
@@ -721,6 +685,24 @@ mod tests {
             ],
         };
         Arc::new(BuiltinIssuer::build(config, None, None).unwrap())
+    }
+
+    /// A key that cannot sign (an RSA key told to sign ES256) makes the token endpoint answer
+    /// 500 `server_error`: the gateway failed, not the request.
+    #[test]
+    fn a_signing_failure_is_a_server_error() {
+        let mut issuer = Arc::try_unwrap(issuer()).ok().expect("only owner");
+        assert!(issuer.issue("alpha", &["a/b"]).is_ok(), "a good key issues");
+        let good = Arc::clone(&issuer.key);
+        let broken = SigningKey {
+            encoding: good.encoding.clone(),
+            alg: Algorithm::ES256,
+            kid: good.kid.clone(),
+            jwk: good.jwk.clone(),
+        };
+        issuer.key = Arc::new(broken);
+        assert_eq!(issuer.issue("alpha", &["a/b"]).err(), Some(TokenError::ServerError));
+        assert_eq!(TokenError::ServerError.status_and_code(), (StatusCode::INTERNAL_SERVER_ERROR, "server_error"));
     }
 
     async fn check(issuer: &Arc<BuiltinIssuer>, checks: &Arc<SecretChecks>, id: &str, secret: &str) -> Option<String> {

@@ -5,24 +5,24 @@
 //! [`auth::verify`] -> [`auth::scope`] -> [`upstream`]; every refusal is an
 //! [`error::Reject`], turned into its answer in one place.
 
-pub mod admin;
+pub(crate) mod admin;
 pub mod auth;
 pub mod check;
 pub mod config;
 pub mod error;
 pub mod import;
 pub mod issuer;
-pub mod listener;
+pub(crate) mod listener;
 pub mod metrics;
-pub mod path;
-pub mod pool;
+pub(crate) mod path;
+pub(crate) mod pool;
 pub mod proxy;
-pub mod reload;
+pub(crate) mod reload;
 pub mod route;
 pub mod snapshot;
-pub mod state;
-pub mod tls;
-pub mod tunnel;
+pub(crate) mod state;
+pub(crate) mod tls;
+pub(crate) mod tunnel;
 pub mod upstream;
 
 use std::fmt;
@@ -46,9 +46,10 @@ const FIRST_KEYS_WAIT: Duration = Duration::from_secs(10);
 
 #[derive(Debug)]
 pub enum Error {
+    /// The config, or a file it names, is not valid; or it could not be put to work.
     Config(ConfigError),
-    /// A config that validated but could not be put to work (TLS set-up and the like).
-    Start(String),
+    /// The metrics could not be registered (a name taken in the registry given).
+    Metrics(prometheus::Error),
     Bind(SocketAddr, std::io::Error),
 }
 
@@ -56,7 +57,7 @@ impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Error::Config(e) => write!(f, "{e}"),
-            Error::Start(e) => write!(f, "{e}"),
+            Error::Metrics(e) => write!(f, "cannot register the metrics: {e}"),
             Error::Bind(addr, e) => write!(f, "cannot listen on {addr}: {e}"),
         }
     }
@@ -92,7 +93,7 @@ impl Server {
     /// As [`Server::start`], registering the metrics in `registry`.
     pub async fn start_with_registry(path: &Path, registry: prometheus::Registry) -> Result<Server, Error> {
         let config = Config::load(path)?;
-        let metrics = Arc::new(Metrics::new(registry).map_err(|e| Error::Start(e.to_string()))?);
+        let metrics = Arc::new(Metrics::new(registry).map_err(Error::Metrics)?);
         let fetch = auth::jwks::fetch_client();
         let (listen, admin_listen) = (config.server.listen, config.server.admin_listen);
         let snapshot = Snapshot::build(config, None, &fetch, &metrics)?;
@@ -140,8 +141,8 @@ impl Server {
         &self.shared.metrics
     }
 
-    /// Re-reads the config now, as SIGHUP does. Returns the error text of a rejected file.
-    pub async fn reload(&self) -> Result<(), String> {
+    /// Re-reads the config now, as SIGHUP does. Returns the problems of a rejected file.
+    pub async fn reload(&self) -> Result<(), ConfigError> {
         reload::reload(&self.shared).await
     }
 

@@ -25,7 +25,7 @@ use notify::{EventKind, RecursiveMode, Watcher};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
-use crate::config::{Config, KeySource};
+use crate::config::{Config, ConfigError, KeySource};
 use crate::metrics::Metrics;
 use crate::snapshot::{Snapshot, StartOnly};
 use crate::state::Shared;
@@ -44,8 +44,8 @@ const POLL: Duration = Duration::from_secs(5);
 /// How long a reload waits for a newly added issuer's first keys before swapping anyway.
 const NEW_ISSUER_WAIT: Duration = Duration::from_secs(5);
 
-/// Reloads the config. Returns the error text when the new file was rejected.
-pub async fn reload(shared: &Shared) -> Result<(), String> {
+/// Reloads the config. Returns the problems of the new file when it was rejected.
+pub async fn reload(shared: &Shared) -> Result<(), ConfigError> {
     let result = try_reload(shared).await;
     match &result {
         Ok(()) => {
@@ -60,10 +60,10 @@ pub async fn reload(shared: &Shared) -> Result<(), String> {
     result
 }
 
-async fn try_reload(shared: &Shared) -> Result<(), String> {
-    let config = Config::load(&shared.config_path).map_err(|e| e.to_string())?;
+async fn try_reload(shared: &Shared) -> Result<(), ConfigError> {
+    let config = Config::load(&shared.config_path)?;
     let old = shared.snapshot.load_full();
-    let new = shared.build(config, Some(&old)).map_err(|e| e.to_string())?;
+    let new = shared.build(config, Some(&old))?;
     flag_restart_only(&new, &shared.metrics, true);
     let fresh: Vec<_> =
         new.verifier.issuers().filter(|i| !old.verifier.issuers().any(|o| Arc::ptr_eq(o, i))).cloned().collect();

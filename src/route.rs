@@ -30,12 +30,14 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use http::{HeaderValue, Method};
 
-use crate::config::{Methods, Pos, RouteConfig};
+use crate::config::{Methods, MockResponse, Pos, RouteAuth, RouteConfig};
 pub use crate::path::{normalize, PathError};
 use crate::path::{parse_template, Segment};
+use crate::upstream::Upstream;
 
 /// The routes of one path template, by method.
 #[derive(Debug, Default)]
@@ -74,18 +76,37 @@ struct Node {
 
 /// What a lookup found.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Match {
-    /// Index of the route in the config's route list.
-    Found(usize),
+pub enum Match<'t, R> {
+    /// The route the request is for.
+    Found(&'t R),
     /// The path has routes, none for this method; the value is the `allow` header.
     MethodNotAllowed(HeaderValue),
     NotFound,
 }
 
-/// The compiled route table.
-#[derive(Debug, Default)]
-pub struct Table {
+/// A route as requests meet it, compiled once per snapshot: its template (the label of its
+/// metrics and log lines), methods and policy, and where it sends what it accepts.
+pub struct CompiledRoute {
+    pub template: String,
+    pub methods: Methods,
+    pub auth: RouteAuth,
+    pub target: Target,
+}
+
+/// Where a route sends a request that passed its checks.
+pub enum Target {
+    Upstream(Arc<Upstream>),
+    Mock(MockResponse),
+}
+
+/// The compiled route table: a trie of templates whose leaves name routes, and what each route
+/// compiled to. [`Table::build`] gives each route its position in the config (enough to check
+/// and measure the table); [`Table::try_map`] turns those into what requests need.
+#[derive(Debug)]
+pub struct Table<R = usize> {
     root: Node,
+    /// The routes, in config order; the trie refers to them by that position.
+    routes: Vec<R>,
 }
 
 impl Table {
@@ -93,7 +114,7 @@ impl Table {
     /// (templates equal up to parameter names and ASCII case, a method in common) are an error
     /// reported at the later one.
     pub fn build(routes: &[RouteConfig]) -> Result<Table, Vec<(Pos, String)>> {
-        let mut table = Table::default();
+        let mut table = Table { root: Node::default(), routes: (0..routes.len()).collect() };
         let mut errors = Vec::new();
         for (idx, r) in routes.iter().enumerate() {
             let segs = match parse_template(&r.path) {
@@ -146,20 +167,28 @@ impl Table {
             Err(errors)
         }
     }
+}
+
+impl<R> Table<R> {
+    /// The same table, each route's value turned into `f(value)`; the first error stops it.
+    pub fn try_map<S, E>(self, f: impl FnMut(R) -> Result<S, E>) -> Result<Table<S>, E> {
+        let routes = self.routes.into_iter().map(f).collect::<Result<_, E>>()?;
+        Ok(Table { root: self.root, routes })
+    }
 
     /// Finds the route for a normalized path. The path alone picks the template: the most
     /// specific one (literal, then `{param}`, then `{proxy+}`, segment by segment), literals
     /// compared ASCII case-insensitively and one trailing slash ignored. The method then picks
     /// among that template's routes (explicit, HEAD as GET, then ANY); when none takes it, the
     /// answer is 405, never a less specific template.
-    pub fn lookup(&self, path: &str, method: &Method) -> Match {
+    pub fn lookup(&self, path: &str, method: &Method) -> Match<'_, R> {
         let rest = path.strip_prefix('/').unwrap_or(path);
         let rest = rest.strip_suffix('/').unwrap_or(rest);
         let Some(endpoint) = walk(&self.root, rest) else {
             return Match::NotFound;
         };
         match endpoint.find(method) {
-            Some(i) => Match::Found(i),
+            Some(i) => Match::Found(&self.routes[i]),
             None => Match::MethodNotAllowed(endpoint.allow()),
         }
     }
@@ -268,7 +297,7 @@ fn overlap(a: &[Segment], b: &[Segment]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{Action, RouteAuth};
+    use crate::config::Action;
     use crate::path::check_template;
 
     #[test]
@@ -325,7 +354,7 @@ mod tests {
             path: path.to_owned(),
             methods,
             auth: RouteAuth::None,
-            action: Action::Upstream(0),
+            action: Action::Upstream("u".to_owned()),
             at: Pos::default(),
         }
     }
@@ -345,12 +374,12 @@ mod tests {
             route("/book/{id}/pages/{n}", get()), // 5
         ];
         let t = Table::build(&routes).unwrap();
-        assert_eq!(t.lookup("/book/latest", &Method::GET), Match::Found(1));
-        assert_eq!(t.lookup("/book/7", &Method::GET), Match::Found(0));
-        assert_eq!(t.lookup("/book/7", &Method::POST), Match::Found(3));
-        assert_eq!(t.lookup("/x/y/z", &Method::DELETE), Match::Found(2));
-        assert_eq!(t.lookup("/", &Method::GET), Match::Found(4));
-        assert_eq!(t.lookup("/book/7/pages/2", &Method::GET), Match::Found(5));
+        assert_eq!(t.lookup("/book/latest", &Method::GET), Match::Found(&1));
+        assert_eq!(t.lookup("/book/7", &Method::GET), Match::Found(&0));
+        assert_eq!(t.lookup("/book/7", &Method::POST), Match::Found(&3));
+        assert_eq!(t.lookup("/x/y/z", &Method::DELETE), Match::Found(&2));
+        assert_eq!(t.lookup("/", &Method::GET), Match::Found(&4));
+        assert_eq!(t.lookup("/book/7/pages/2", &Method::GET), Match::Found(&5));
         // The path picks the template, the method only chooses among its routes: a method the
         // most specific template does not take is a 405, not a less specific template's request.
         let get_head = Match::MethodNotAllowed(HeaderValue::from_static("GET, HEAD"));
@@ -370,19 +399,19 @@ mod tests {
         ];
         let t = Table::build(&routes).unwrap();
         for path in ["/admin", "/admin/", "/ADMIN", "/Admin/", "/aDmIn"] {
-            assert_eq!(t.lookup(path, &Method::GET), Match::Found(0), "{path}");
+            assert_eq!(t.lookup(path, &Method::GET), Match::Found(&0), "{path}");
         }
         for path in ["/users/7/keys", "/USERS/Bob/KEYS/", "/users/B0B/keys"] {
-            assert_eq!(t.lookup(path, &Method::GET), Match::Found(2), "{path}");
+            assert_eq!(t.lookup(path, &Method::GET), Match::Found(&2), "{path}");
         }
-        assert_eq!(t.lookup("/CAF%C3%A9", &Method::GET), Match::Found(3));
-        assert_eq!(t.lookup("/Files/a/B/", &Method::GET), Match::Found(4));
+        assert_eq!(t.lookup("/CAF%C3%A9", &Method::GET), Match::Found(&3));
+        assert_eq!(t.lookup("/Files/a/B/", &Method::GET), Match::Found(&4));
         // Still different paths: a suffix, an extra segment, an encoded character.
         for path in ["/admins", "/admin.json", "/admin/x", "/admin%20", "/files"] {
-            assert_eq!(t.lookup(path, &Method::GET), Match::Found(1), "{path}");
+            assert_eq!(t.lookup(path, &Method::GET), Match::Found(&1), "{path}");
         }
         // The root is still only the root.
-        assert_eq!(t.lookup("/", &Method::GET), Match::Found(5));
+        assert_eq!(t.lookup("/", &Method::GET), Match::Found(&5));
     }
 
     #[test]
@@ -397,13 +426,13 @@ mod tests {
             route("/d", Methods::Only(vec![Method::POST])), // 6
         ];
         let t = Table::build(&routes).unwrap();
-        assert_eq!(t.lookup("/a", &Method::HEAD), Match::Found(0));
-        assert_eq!(t.lookup("/A/", &Method::HEAD), Match::Found(0));
-        assert_eq!(t.lookup("/b", &Method::HEAD), Match::Found(3));
-        assert_eq!(t.lookup("/b", &Method::GET), Match::Found(2));
+        assert_eq!(t.lookup("/a", &Method::HEAD), Match::Found(&0));
+        assert_eq!(t.lookup("/A/", &Method::HEAD), Match::Found(&0));
+        assert_eq!(t.lookup("/b", &Method::HEAD), Match::Found(&3));
+        assert_eq!(t.lookup("/b", &Method::GET), Match::Found(&2));
         // HEAD follows GET's policy, not the ANY beside it.
-        assert_eq!(t.lookup("/c", &Method::HEAD), Match::Found(5));
-        assert_eq!(t.lookup("/c", &Method::POST), Match::Found(4));
+        assert_eq!(t.lookup("/c", &Method::HEAD), Match::Found(&5));
+        assert_eq!(t.lookup("/c", &Method::POST), Match::Found(&4));
         assert_eq!(t.lookup("/d", &Method::HEAD), Match::MethodNotAllowed(HeaderValue::from_static("POST")));
         assert_eq!(t.lookup("/a", &Method::DELETE), Match::MethodNotAllowed(HeaderValue::from_static("GET, HEAD")));
         let custom = Method::from_bytes(b"PURGE").unwrap();
@@ -463,8 +492,8 @@ mod tests {
     #[test]
     fn greedy_needs_at_least_one_segment() {
         let t = Table::build(&[route("/files/{path+}", get())]).unwrap();
-        assert_eq!(t.lookup("/files/a/b/c", &Method::GET), Match::Found(0));
-        assert_eq!(t.lookup("/files/a/", &Method::GET), Match::Found(0));
+        assert_eq!(t.lookup("/files/a/b/c", &Method::GET), Match::Found(&0));
+        assert_eq!(t.lookup("/files/a/", &Method::GET), Match::Found(&0));
         assert_eq!(t.lookup("/files", &Method::GET), Match::NotFound);
         assert_eq!(t.lookup("/files/", &Method::GET), Match::NotFound);
     }

@@ -16,17 +16,17 @@ use rustls_pki_types::CertificateDer;
 
 use crate::auth::jwks::{FetchClient, IssuerKeys, KeySet};
 use crate::auth::verify::Verifier;
-use crate::config::{Config, ConfigError, Diag, KeySource, LogFormat};
+use crate::config::{Action, Config, ConfigError, Diag, KeySource, LogFormat};
 use crate::issuer::{BuiltinIssuer, SigningKey};
 use crate::metrics::Metrics;
-use crate::route::Table;
+use crate::route::{CompiledRoute, Table, Target};
 use crate::upstream::Upstream;
 
 /// What a config needs from the files it names and from the compilers.
-pub struct Compiled {
-    pub table: Table,
+pub(crate) struct Compiled {
+    table: Table,
     /// TLS for the data-plane listener, built from `[server.tls]`.
-    pub tls: Option<Arc<rustls::ServerConfig>>,
+    tls: Option<Arc<rustls::ServerConfig>>,
     /// The certificates of each upstream's `ca_file`, by upstream name.
     ca: HashMap<String, Vec<CertificateDer<'static>>>,
     /// The key `[issuer] signing_key` names.
@@ -35,7 +35,7 @@ pub struct Compiled {
 
 /// Reads and compiles what `config` names, each once, and reports every problem found, each at
 /// the position of its setting. Starts nothing: no socket, no task, no fetch.
-pub fn compile(config: &Config) -> Result<Compiled, ConfigError> {
+pub(crate) fn compile(config: &Config) -> Result<Compiled, ConfigError> {
     let file = config.path.as_path();
     let mut diags = Vec::new();
     let table = Table::build(&config.routes)
@@ -88,7 +88,7 @@ pub fn compile(config: &Config) -> Result<Compiled, ConfigError> {
 
 pub struct Snapshot {
     pub config: Config,
-    pub table: Table,
+    pub table: Table<CompiledRoute>,
     pub upstreams: Vec<Arc<Upstream>>,
     pub verifier: Verifier,
     pub issuer: Option<Arc<BuiltinIssuer>>,
@@ -115,9 +115,10 @@ impl Snapshot {
     ) -> Result<Snapshot, ConfigError> {
         let Compiled { table, tls, ca, signing_key } = compile(&config)?;
         let mut upstreams = Vec::with_capacity(config.upstreams.len());
+        let mut by_name = HashMap::with_capacity(config.upstreams.len());
         for u in &config.upstreams {
             let reused = previous.and_then(|p| p.upstreams.iter().find(|old| old.config == *u));
-            upstreams.push(match reused {
+            let upstream = match reused {
                 Some(old) => Arc::clone(old),
                 None => {
                     let roots = ca.get(&u.name).map_or(&[][..], Vec::as_slice);
@@ -125,8 +126,21 @@ impl Snapshot {
                         .map_err(|e| unpositioned(&config, format!("upstream {}: {e}", u.name)))?;
                     Arc::new(built)
                 }
-            });
+            };
+            by_name.insert(u.name.as_str(), Arc::clone(&upstream));
+            upstreams.push(upstream);
         }
+        let table = table.try_map(|i| {
+            let r = &config.routes[i];
+            let target = match &r.action {
+                Action::Mock(m) => Target::Mock(m.clone()),
+                Action::Upstream(name) => match by_name.get(name.as_str()) {
+                    Some(u) => Target::Upstream(Arc::clone(u)),
+                    None => return Err(unpositioned(&config, format!("upstream {name:?} is not defined"))),
+                },
+            };
+            Ok(CompiledRoute { template: r.path.clone(), methods: r.methods.clone(), auth: r.auth.clone(), target })
+        })?;
         let mut issuers = HashMap::with_capacity(config.auth.issuers.len());
         for i in &config.auth.issuers {
             let reused = previous.and_then(|p| {

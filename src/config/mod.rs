@@ -17,10 +17,12 @@ mod validate;
 use std::path::Path;
 
 use diag::Diags;
-pub use diag::{line_col, ConfigError, Diag, Pos, Span};
+#[cfg(test)]
+use diag::line_col;
+pub use diag::{ConfigError, Diag, Pos, Span};
 pub use model::*;
 use raw::RawConfig;
-pub use raw::{expand_env, parse_duration, schema};
+pub use raw::schema;
 
 impl Config {
     /// Reads, parses and validates the file: its syntax, types, ranges and the references

@@ -177,8 +177,8 @@ pub struct MockResponse {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
-    /// Index into `Config::upstreams`.
-    Upstream(usize),
+    /// The name of one of `Config::upstreams`.
+    Upstream(String),
     Mock(MockResponse),
 }
 

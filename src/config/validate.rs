@@ -457,13 +457,13 @@ fn validate_route(r: Spanned<RawRoute>, upstreams: &[UpstreamConfig], d: &mut Di
             d.at(&span, "a route needs `upstream` or a mock `response`");
             None
         }
-        (Some(u), None) => match upstreams.iter().position(|x| x.name == u.get_ref().0) {
-            Some(i) => Some(Action::Upstream(i)),
-            None => {
-                d.at(&u.span(), format!("upstream {:?} is not defined in [upstreams]", u.get_ref().0));
-                None
-            }
-        },
+        (Some(u), None) if upstreams.iter().any(|x| x.name == u.get_ref().0) => {
+            Some(Action::Upstream(u.into_inner().0))
+        }
+        (Some(u), None) => {
+            d.at(&u.span(), format!("upstream {:?} is not defined in [upstreams]", u.get_ref().0));
+            None
+        }
         (None, Some(m)) => validate_mock(m, d).map(Action::Mock),
     };
     let action = action?;
