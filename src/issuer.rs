@@ -410,10 +410,6 @@ impl BuiltinIssuer {
         algs
     }
 
-    pub fn kid(&self) -> &str {
-        &self.key.kid
-    }
-
     /// Signs an access token for `client_id` with exactly `scopes`.
     pub fn mint(&self, client_id: &str, scopes: &[&str]) -> Result<String, String> {
         let iat = unix(now());
@@ -463,11 +459,6 @@ impl BuiltinIssuer {
             DISCOVERY_PATH => Some(Endpoint::Discovery),
             _ => None,
         }
-    }
-
-    /// True for the paths this issuer answers.
-    pub fn owns(path: &str) -> bool {
-        BuiltinIssuer::endpoint(path).is_some()
     }
 
     /// Answers a request for `endpoint`, which the caller chose from the normalized path: the

@@ -306,7 +306,7 @@ async fn act(
     }
 }
 
-/// Header hygiene for the upstream request . Client forwarding headers are
+/// Header hygiene for the upstream request. Client forwarding headers are
 /// either removed by `strip_request` or overwritten here: `x-forwarded-proto`,
 /// `x-forwarded-host`, `x-forwarded-port` and `x-real-ip` get the gateway's values, and
 /// `x-forwarded-for` gets the client address appended to every line the client sent (NGINX's

@@ -16,13 +16,13 @@ mod validate;
 
 use std::path::Path;
 
-use diag::Diags;
 #[cfg(test)]
 use diag::line_col;
+use diag::Diags;
 pub use diag::{ConfigError, Diag, Pos, Span};
 pub use model::*;
-use raw::RawConfig;
 pub use raw::schema;
+use raw::RawConfig;
 
 impl Config {
     /// Reads, parses and validates the file: its syntax, types, ranges and the references
