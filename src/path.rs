@@ -121,6 +121,7 @@ fn decode_unreserved(b: &[u8]) -> Result<String, PathError> {
     String::from_utf8(out).map_err(|_| PathError::BadPercentEncoding)
 }
 
+/// One segment of a parsed route template.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Segment {
     Literal(String),
@@ -128,11 +129,7 @@ pub(crate) enum Segment {
     Greedy,
 }
 
-/// Checks a route template; returns why it is not one.
-pub fn check_template(path: &str) -> Result<(), String> {
-    parse_template(path).map(|_| ())
-}
-
+/// Parses a route template into its segments; returns why it is not one.
 pub(crate) fn parse_template(path: &str) -> Result<Vec<Segment>, String> {
     if !path.starts_with('/') {
         return Err("must start with '/'".to_owned());

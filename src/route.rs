@@ -35,8 +35,8 @@ use std::sync::Arc;
 use http::{HeaderValue, Method};
 
 use crate::config::{Methods, MockResponse, Pos, RouteAuth, RouteConfig};
+use crate::path::Segment;
 pub use crate::path::{normalize, PathError};
-use crate::path::{parse_template, Segment};
 use crate::upstream::Upstream;
 
 /// The routes of one path template, by method.
@@ -117,18 +117,11 @@ impl Table {
         let mut table = Table { root: Node::default(), routes: (0..routes.len()).collect() };
         let mut errors = Vec::new();
         for (idx, r) in routes.iter().enumerate() {
-            let segs = match parse_template(&r.path) {
-                Ok(s) => s,
-                Err(e) => {
-                    errors.push((r.at, format!("route path {:?}: {e}", r.path)));
-                    continue;
-                }
-            };
             let mut node = &mut table.root;
             let mut endpoint = None;
-            for seg in segs {
+            for seg in &r.segments {
                 match seg {
-                    Segment::Literal(l) => node = node.literals.entry(l).or_default(),
+                    Segment::Literal(l) => node = node.literals.entry(l.clone()).or_default(),
                     Segment::Param => node = node.param.get_or_insert_with(Box::default),
                     Segment::Greedy => endpoint = Some(node.greedy.get_or_insert_with(Endpoint::default)),
                 }
@@ -242,16 +235,12 @@ fn walk<'t>(node: &'t Node, rest: &str) -> Option<&'t Endpoint> {
 /// Pairs `(broad, narrow)` of route indices where a path matches both templates and `narrow`
 /// wins it by precedence: `broad` sits beneath `narrow`, so paths near `narrow`'s that the
 /// table does not match exactly (`/admin.json`, `/admin/x` beside `/admin`) reach `broad`.
-/// Routes whose template does not parse are skipped.
 pub fn beneath(routes: &[RouteConfig]) -> Vec<(usize, usize)> {
-    let parsed: Vec<Option<Vec<Segment>>> = routes.iter().map(|r| parse_template(&r.path).ok()).collect();
     let mut pairs = Vec::new();
-    for (b, sb) in parsed.iter().enumerate() {
-        for (n, sn) in parsed.iter().enumerate() {
-            if let (Some(sb), Some(sn), true) = (sb, sn, b != n) {
-                if loses_to(sb, sn) {
-                    pairs.push((b, n));
-                }
+    for (b, broad) in routes.iter().enumerate() {
+        for (n, narrow) in routes.iter().enumerate() {
+            if b != n && loses_to(&broad.segments, &narrow.segments) {
+                pairs.push((b, n));
             }
         }
     }
@@ -298,7 +287,11 @@ fn overlap(a: &[Segment], b: &[Segment]) -> bool {
 mod tests {
     use super::*;
     use crate::config::Action;
-    use crate::path::check_template;
+    use crate::path::parse_template;
+
+    fn check_template(path: &str) -> Result<(), String> {
+        parse_template(path).map(|_| ())
+    }
 
     #[test]
     fn normalization_table() {
@@ -352,6 +345,7 @@ mod tests {
     fn route(path: &str, methods: Methods) -> RouteConfig {
         RouteConfig {
             path: path.to_owned(),
+            segments: parse_template(path).expect("a valid template"),
             methods,
             auth: RouteAuth::None,
             action: Action::Upstream("u".to_owned()),

@@ -12,6 +12,7 @@ use http::{HeaderName, HeaderValue, Method, StatusCode};
 use jsonwebtoken::Algorithm;
 
 use super::diag::Pos;
+use crate::path::Segment;
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -184,7 +185,10 @@ pub enum Action {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RouteConfig {
+    /// The template as written.
     pub path: String,
+    /// The template parsed, once, by validation; the route table is built from it.
+    pub(crate) segments: Vec<Segment>,
     pub methods: Methods,
     pub auth: RouteAuth,
     pub action: Action,

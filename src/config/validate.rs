@@ -387,9 +387,10 @@ fn validate_route(r: Spanned<RawRoute>, upstreams: &[UpstreamConfig], d: &mut Di
     let before = d.count();
     let path_span = r.path.span();
     let path = r.path.into_inner().0;
-    if let Err(e) = crate::path::check_template(&path) {
+    let segments = crate::path::parse_template(&path).unwrap_or_else(|e| {
         d.at(&path_span, format!("route path {path:?}: {e}"));
-    }
+        Vec::new()
+    });
     let methods = match r.methods {
         None => Methods::Any,
         Some(list) => {
@@ -468,7 +469,7 @@ fn validate_route(r: Spanned<RawRoute>, upstreams: &[UpstreamConfig], d: &mut Di
     };
     let action = action?;
     let at = d.pos(&span);
-    d.clean_since(before).then_some(RouteConfig { path, methods, auth, action, at })
+    d.clean_since(before).then_some(RouteConfig { path, segments, methods, auth, action, at })
 }
 
 fn validate_mock(m: Spanned<RawMock>, d: &mut Diags<'_>) -> Option<MockResponse> {
