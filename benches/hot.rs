@@ -21,11 +21,11 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use http::{HeaderValue, Method, Request};
 use scopegate::auth::jwks::{IssuerKeys, KeySet};
 use scopegate::auth::verify::Verifier;
-use scopegate::config::{Config, IssuerConfig, KeySource};
+use scopegate::config::{Config, IssuerConfig, KeySource, Pos};
 use scopegate::metrics::Metrics;
 use scopegate::proxy::{decide, Access, ConnInfo, Decision};
 use scopegate::route::{normalize, Table};
-use scopegate::snapshot::{Runtime, Snapshot};
+use scopegate::snapshot::Snapshot;
 
 #[path = "../tests/it/common/mod.rs"]
 #[allow(dead_code, unused_imports, clippy::all)]
@@ -69,6 +69,7 @@ fn verifier(key: &TestKey, cache_entries: usize) -> Verifier {
         algorithms: vec![key.alg],
         refresh: Duration::from_secs(300),
         kid_miss_cooldown: Duration::from_secs(30),
+        at: Pos::default(),
     };
     let keys = KeySet::parse(jwks.as_bytes(), &cfg.algorithms).expect("jwks");
     let issuers = HashMap::from([(ISS.to_owned(), IssuerKeys::fixed(cfg, keys))]);
@@ -165,8 +166,7 @@ fn pipeline(c: &mut Criterion) {
     let path = dir.path().join("gateway.toml");
     std::fs::write(&path, toml).expect("write config");
     let config = Config::load(&path).expect("config");
-    let runtime = Runtime { fetch: scopegate::auth::jwks::fetch_client(), metrics: metrics() };
-    let snap = Snapshot::build(config, None, &runtime).expect("snapshot");
+    let snap = Snapshot::build(config, None, &scopegate::auth::jwks::fetch_client(), &metrics()).expect("snapshot");
     rt.block_on(async {
         for i in snap.verifier.issuers() {
             i.first_attempt(Duration::from_secs(5)).await;

@@ -12,17 +12,13 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::error::{json_response, Body};
-use crate::proxy::Shared;
+use crate::error::{json_response, Body, Reject};
+use crate::state::Shared;
 
 fn answer(shared: &Shared, req: &Request<Incoming>) -> Response<Body> {
     let json = HeaderValue::from_static("application/json");
     if req.method() != Method::GET && req.method() != Method::HEAD {
-        return json_response(
-            StatusCode::METHOD_NOT_ALLOWED,
-            &json,
-            Bytes::from_static(br#"{"message":"Method Not Allowed"}"#),
-        );
+        return Reject::MethodNotAllowed { allow: HeaderValue::from_static("GET, HEAD") }.into_response();
     }
     match req.uri().path() {
         "/healthz" => json_response(StatusCode::OK, &json, Bytes::from_static(br#"{"status":"ok"}"#)),
@@ -43,7 +39,7 @@ fn answer(shared: &Shared, req: &Request<Incoming>) -> Response<Body> {
             &HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
             Bytes::from(shared.metrics.render()),
         ),
-        _ => json_response(StatusCode::NOT_FOUND, &json, Bytes::from_static(br#"{"message":"Not Found"}"#)),
+        _ => Reject::NotFound.into_response(),
     }
 }
 

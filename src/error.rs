@@ -1,8 +1,10 @@
-//! Every answer the gateway writes itself comes from one enum, mapped to status, headers and a
-//! JSON body in one exhaustive `match`. A new variant cannot ship without its answer.
+//! Every answer the gateway writes itself comes from the outcome types here, each mapped to
+//! status, headers and a JSON body in one exhaustive `match`: [`Reject`] for the request path
+//! and the admin listener (`{"message":...}`), [`TokenError`] for the built-in issuer's token
+//! endpoint (RFC 6749 `{"error":...}`). A new variant cannot ship without its answer.
 
 use bytes::Bytes;
-use http::{header, HeaderValue, Response, StatusCode};
+use http::{header, HeaderMap, HeaderValue, Response, StatusCode};
 use http_body_util::Full;
 
 /// Why a token was refused. Logged and counted; never shown to the client.
@@ -50,14 +52,7 @@ impl AuthFailure {
     }
 }
 
-/// How a refused scope check is answered (`auth.scope_failure_status`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ScopeFailureStatus {
-    /// REST API Cognito authorizer behaviour.
-    Unauthorized,
-    /// HTTP API JWT authorizer behaviour.
-    Forbidden,
-}
+pub use crate::config::ScopeFailureStatus;
 
 /// A request the gateway answers itself instead of forwarding.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -159,7 +154,71 @@ impl Reject {
     }
 }
 
-/// A JSON answer the gateway writes itself, outside the reject table (mock routes, issuer).
+/// Why the token endpoint refused to issue a token: an RFC 6749 §5.2 error, or the gateway's
+/// own failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenError {
+    InvalidRequest,
+    InvalidClient {
+        /// The client authenticated with HTTP Basic: the answer names the scheme.
+        basic: bool,
+    },
+    UnsupportedGrantType,
+    InvalidScope,
+    /// Too many secret checks at once (503 with `retry-after`).
+    TemporarilyUnavailable,
+    /// The token could not be signed: the gateway's fault, answered 500.
+    ServerError,
+}
+
+/// `retry-after` of a token request refused because the secret checks are busy.
+const BUSY_RETRY_AFTER: &str = "1";
+
+impl TokenError {
+    /// The status and the `error` code of the JSON body.
+    pub fn status_and_code(self) -> (StatusCode, &'static str) {
+        match self {
+            TokenError::InvalidRequest => (StatusCode::BAD_REQUEST, "invalid_request"),
+            TokenError::InvalidClient { .. } => (StatusCode::UNAUTHORIZED, "invalid_client"),
+            TokenError::UnsupportedGrantType => (StatusCode::BAD_REQUEST, "unsupported_grant_type"),
+            TokenError::InvalidScope => (StatusCode::BAD_REQUEST, "invalid_scope"),
+            TokenError::TemporarilyUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable"),
+            TokenError::ServerError => (StatusCode::INTERNAL_SERVER_ERROR, "server_error"),
+        }
+    }
+
+    /// The complete answer: never cached (RFC 6749 §5.1), and the headers each outcome owes.
+    pub fn into_response(self) -> Response<Body> {
+        let (status, code) = self.status_and_code();
+        let body = Bytes::from(format!(r#"{{"error":"{code}"}}"#));
+        let mut resp = json_response(status, &HeaderValue::from_static("application/json"), body);
+        let h = resp.headers_mut();
+        no_store(h);
+        match self {
+            TokenError::InvalidClient { basic: true } => {
+                h.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(r#"Basic realm="scopegate""#));
+            }
+            TokenError::TemporarilyUnavailable => {
+                h.insert(header::RETRY_AFTER, HeaderValue::from_static(BUSY_RETRY_AFTER));
+            }
+            TokenError::InvalidRequest
+            | TokenError::InvalidClient { basic: false }
+            | TokenError::UnsupportedGrantType
+            | TokenError::InvalidScope
+            | TokenError::ServerError => {}
+        }
+        resp
+    }
+}
+
+/// The token endpoint's answers, good or bad, are never stored by a cache.
+pub(crate) fn no_store(h: &mut HeaderMap) {
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+}
+
+/// A JSON answer the gateway writes itself, outside the outcome tables (mock routes, the
+/// issuer's and the admin listener's successful answers).
 pub fn json_response(status: StatusCode, content_type: &HeaderValue, body: Bytes) -> Response<Body> {
     let mut resp = Response::new(Body::Right(Full::new(body)));
     *resp.status_mut() = status;
@@ -222,6 +281,34 @@ mod tests {
             let got = parts(Reject::Unauthorized(f)).await;
             assert_eq!((got.0, got.1.as_str()), (401, UNAUTHORIZED));
             assert_eq!(got.2.as_deref(), Some(r#"Bearer error="invalid_token""#));
+        }
+    }
+
+    #[tokio::test]
+    async fn every_token_error_has_its_answer() {
+        let basic = Some(r#"Basic realm="scopegate""#);
+        // (outcome, status, error code, www-authenticate, retry-after)
+        type Row = (TokenError, u16, &'static str, Option<&'static str>, Option<&'static str>);
+        let rows: Vec<Row> = vec![
+            (TokenError::InvalidRequest, 400, "invalid_request", None, None),
+            (TokenError::InvalidClient { basic: false }, 401, "invalid_client", None, None),
+            (TokenError::InvalidClient { basic: true }, 401, "invalid_client", basic, None),
+            (TokenError::UnsupportedGrantType, 400, "unsupported_grant_type", None, None),
+            (TokenError::InvalidScope, 400, "invalid_scope", None, None),
+            (TokenError::TemporarilyUnavailable, 503, "temporarily_unavailable", None, Some("1")),
+            (TokenError::ServerError, 500, "server_error", None, None),
+        ];
+        for (e, status, code, www, retry) in rows {
+            let resp = e.into_response();
+            let h = resp.headers().clone();
+            let header = |name: &str| h.get(name).map(|v| v.to_str().unwrap().to_owned());
+            assert_eq!(resp.status().as_u16(), status, "{e:?}");
+            assert_eq!(header("www-authenticate").as_deref(), www, "{e:?}");
+            assert_eq!(header("retry-after").as_deref(), retry, "{e:?}");
+            assert_eq!(header("cache-control").as_deref(), Some("no-store"), "{e:?}");
+            assert_eq!(header("content-type").as_deref(), Some("application/json"), "{e:?}");
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            assert_eq!(body, format!(r#"{{"error":"{code}"}}"#).as_bytes(), "{e:?}");
         }
     }
 }

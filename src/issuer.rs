@@ -25,8 +25,8 @@ use subtle::ConstantTimeEq;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::auth::jwks::{IssuerKeys, KeySet};
-use crate::config::{BuiltinIssuerConfig, ClientConfig, ClientSecret, IssuerConfig, KeySource};
-use crate::error::{json_response, Body, Reject};
+use crate::config::{BuiltinIssuerConfig, ClientConfig, ClientSecret, IssuerConfig, KeySource, Pos};
+use crate::error::{json_response, no_store, Body, Reject, TokenError};
 use crate::metrics::Metrics;
 
 pub const TOKEN_PATH: &str = "/oauth2/token";
@@ -125,9 +125,6 @@ const MAX_CHECK_SLOTS: usize = 2;
 const WAITING_PER_SLOT: usize = 4;
 /// Longest a check waits for a free slot before its request is refused.
 const CHECK_WAIT: Duration = Duration::from_secs(1);
-/// `retry-after` of a request refused because the checks are busy.
-const BUSY_RETRY_AFTER: &str = "1";
-
 /// The argon2id secret checks of the token endpoint, bounded so that anonymous clients cannot
 /// take the process's memory or CPU: at most `slots` run at once, each on a blocking thread
 /// with working memory kept for the next check (so a flood does not leave the allocator
@@ -320,61 +317,23 @@ struct AccessClaims<'a> {
     version: u8,
 }
 
-/// An RFC 6749 §5.2 error.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TokenError {
-    InvalidRequest,
-    InvalidClient {
-        basic: bool,
-    },
-    UnsupportedGrantType,
-    InvalidScope,
-    /// Too many secret checks at once (503 with `retry-after`).
-    TemporarilyUnavailable,
-}
-
-impl TokenError {
-    fn into_response(self) -> Response<Body> {
-        let (status, code) = match self {
-            TokenError::InvalidRequest => (StatusCode::BAD_REQUEST, "invalid_request"),
-            TokenError::InvalidClient { .. } => (StatusCode::UNAUTHORIZED, "invalid_client"),
-            TokenError::UnsupportedGrantType => (StatusCode::BAD_REQUEST, "unsupported_grant_type"),
-            TokenError::InvalidScope => (StatusCode::BAD_REQUEST, "invalid_scope"),
-            TokenError::TemporarilyUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable"),
-        };
-        let body = Bytes::from(format!(r#"{{"error":"{code}"}}"#));
-        let mut resp = json_response(status, &HeaderValue::from_static("application/json"), body);
-        no_store(resp.headers_mut());
-        if let TokenError::InvalidClient { basic: true } = self {
-            resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(r#"Basic realm="scopegate""#));
-        }
-        if let TokenError::TemporarilyUnavailable = self {
-            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static(BUSY_RETRY_AFTER));
-        }
-        resp
-    }
-}
-
-fn no_store(h: &mut HeaderMap) {
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    h.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
-}
-
 impl BuiltinIssuer {
     /// Builds the issuer for a new snapshot. The key is taken over from `previous` when the
     /// key source did not change (so a generated key survives reloads); when it did change, the
     /// previous public key stays published for `token_ttl`.
-    pub fn build(config: BuiltinIssuerConfig, previous: Option<&BuiltinIssuer>) -> Result<BuiltinIssuer, String> {
-        let key = match (&config.signing_key, previous) {
+    ///
+    /// `key` is the key `config.signing_key` names, read when the snapshot was compiled; `None`
+    /// when no signing_key is configured.
+    pub fn build(
+        config: BuiltinIssuerConfig,
+        key: Option<SigningKey>,
+        previous: Option<&BuiltinIssuer>,
+    ) -> Result<BuiltinIssuer, String> {
+        let key = match (key, previous) {
             (None, Some(p)) if p.config.signing_key.is_none() => Arc::clone(&p.key),
             (None, _) => Arc::new(SigningKey::generate()?),
-            (Some(path), _) => {
-                let k = SigningKey::load(path).map_err(|e| format!("signing_key {}: {e}", path.display()))?;
-                match previous {
-                    Some(p) if p.key.kid == k.kid => Arc::clone(&p.key),
-                    _ => Arc::new(k),
-                }
-            }
+            (Some(k), Some(p)) if p.key.kid == k.kid => Arc::clone(&p.key),
+            (Some(k), _) => Arc::new(k),
         };
         let mut retired = Vec::new();
         if let Some(p) = previous {
@@ -434,6 +393,7 @@ impl BuiltinIssuer {
             algorithms: self.algorithms(),
             refresh: Duration::from_secs(3600),
             kid_miss_cooldown: Duration::from_secs(30),
+            at: Pos::default(),
         }
     }
 
@@ -448,10 +408,6 @@ impl BuiltinIssuer {
             }
         }
         algs
-    }
-
-    pub fn kid(&self) -> &str {
-        &self.key.kid
     }
 
     /// Signs an access token for `client_id` with exactly `scopes`.
@@ -503,11 +459,6 @@ impl BuiltinIssuer {
             DISCOVERY_PATH => Some(Endpoint::Discovery),
             _ => None,
         }
-    }
-
-    /// True for the paths this issuer answers.
-    pub fn owns(path: &str) -> bool {
-        BuiltinIssuer::endpoint(path).is_some()
     }
 
     /// Answers a request for `endpoint`, which the caller chose from the normalized path: the
@@ -635,12 +586,19 @@ impl BuiltinIssuer {
             None => return Err(TokenError::InvalidRequest),
         }
         let scopes = BuiltinIssuer::grant(client, params.get("scope").map(String::as_str))?;
-        let token = self.mint(&client.client_id, &scopes).map_err(|e| {
-            tracing::error!(error = %e, "signing failed");
-            TokenError::InvalidRequest
-        })?;
+        let resp = self.issue(&client.client_id, &scopes)?;
         metrics.tokens_issued.with_label_values(&[&client.client_id]).inc();
         tracing::info!(client_id = %client.client_id, scope = %scopes.join(" "), "token issued");
+        Ok(resp)
+    }
+
+    /// The token endpoint's answer for a client that passed every check. A token that cannot be
+    /// signed is the gateway's fault, not the request's: 500 `server_error`.
+    fn issue(&self, client_id: &str, scopes: &[&str]) -> Result<Response<Body>, TokenError> {
+        let token = self.mint(client_id, scopes).map_err(|e| {
+            tracing::error!(error = %e, "signing failed");
+            TokenError::ServerError
+        })?;
         let body = json!({
             "access_token": token,
             "expires_in": self.config.token_ttl.as_secs(),
@@ -709,6 +667,7 @@ mod tests {
         let config = BuiltinIssuerConfig {
             issuer: "https://issuer.test".to_owned(),
             signing_key: None,
+            signing_key_at: Pos::default(),
             token_ttl: Duration::from_secs(60),
             scopes: Vec::new(),
             clients: vec![
@@ -716,7 +675,25 @@ mod tests {
                 client("beta", ClientSecret::Plain("beta-secret".to_owned())),
             ],
         };
-        Arc::new(BuiltinIssuer::build(config, None).unwrap())
+        Arc::new(BuiltinIssuer::build(config, None, None).unwrap())
+    }
+
+    /// A key that cannot sign (an RSA key told to sign ES256) makes the token endpoint answer
+    /// 500 `server_error`: the gateway failed, not the request.
+    #[test]
+    fn a_signing_failure_is_a_server_error() {
+        let mut issuer = Arc::try_unwrap(issuer()).ok().expect("only owner");
+        assert!(issuer.issue("alpha", &["a/b"]).is_ok(), "a good key issues");
+        let good = Arc::clone(&issuer.key);
+        let broken = SigningKey {
+            encoding: good.encoding.clone(),
+            alg: Algorithm::ES256,
+            kid: good.kid.clone(),
+            jwk: good.jwk.clone(),
+        };
+        issuer.key = Arc::new(broken);
+        assert_eq!(issuer.issue("alpha", &["a/b"]).err(), Some(TokenError::ServerError));
+        assert_eq!(TokenError::ServerError.status_and_code(), (StatusCode::INTERNAL_SERVER_ERROR, "server_error"));
     }
 
     async fn check(issuer: &Arc<BuiltinIssuer>, checks: &Arc<SecretChecks>, id: &str, secret: &str) -> Option<String> {
@@ -779,7 +756,7 @@ mod tests {
         let first = issuer();
         let checks = Arc::clone(&first.checks);
         assert_eq!(check(&first, &checks, "beta", "beta-secret").await.as_deref(), Some("beta"));
-        let next = BuiltinIssuer::build(first.config.clone(), Some(&first)).unwrap();
+        let next = BuiltinIssuer::build(first.config.clone(), None, Some(&first)).unwrap();
         assert!(Arc::ptr_eq(&next.checks, &first.checks));
         assert!(next.verified.lock().unwrap().is_empty());
         assert!(!first.verified.lock().unwrap().is_empty());

@@ -5,20 +5,24 @@
 //! [`auth::verify`] -> [`auth::scope`] -> [`upstream`]; every refusal is an
 //! [`error::Reject`], turned into its answer in one place.
 
-pub mod admin;
+pub(crate) mod admin;
 pub mod auth;
+pub mod check;
 pub mod config;
 pub mod error;
 pub mod import;
 pub mod issuer;
-pub mod listener;
+pub(crate) mod listener;
 pub mod metrics;
-pub mod pool;
+pub(crate) mod path;
+pub(crate) mod pool;
 pub mod proxy;
-pub mod reload;
+pub(crate) mod reload;
 pub mod route;
 pub mod snapshot;
-pub mod tunnel;
+pub(crate) mod state;
+pub(crate) mod tls;
+pub(crate) mod tunnel;
 pub mod upstream;
 
 use std::fmt;
@@ -33,8 +37,8 @@ use tokio::task::JoinHandle;
 
 use crate::config::{Config, ConfigError};
 use crate::metrics::Metrics;
-use crate::proxy::Shared;
-use crate::snapshot::{Runtime, Snapshot};
+use crate::snapshot::Snapshot;
+use crate::state::Shared;
 
 /// How long start-up waits for every issuer's first key fetch before serving anyway (tokens
 /// of an issuer without keys get 503 until its keys arrive).
@@ -42,9 +46,10 @@ const FIRST_KEYS_WAIT: Duration = Duration::from_secs(10);
 
 #[derive(Debug)]
 pub enum Error {
+    /// The config, or a file it names, is not valid; or it could not be put to work.
     Config(ConfigError),
-    /// A config that validated but could not be put to work (TLS set-up and the like).
-    Start(String),
+    /// The metrics could not be registered (a name taken in the registry given).
+    Metrics(prometheus::Error),
     Bind(SocketAddr, std::io::Error),
 }
 
@@ -52,7 +57,7 @@ impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Error::Config(e) => write!(f, "{e}"),
-            Error::Start(e) => write!(f, "{e}"),
+            Error::Metrics(e) => write!(f, "cannot register the metrics: {e}"),
             Error::Bind(addr, e) => write!(f, "cannot listen on {addr}: {e}"),
         }
     }
@@ -71,7 +76,6 @@ pub struct Server {
     addr: SocketAddr,
     admin_addr: Option<SocketAddr>,
     shared: Arc<Shared>,
-    runtime: Arc<Runtime>,
     shutdown: watch::Sender<bool>,
     /// Stops the admin listener, after the data plane drained: `/readyz` says 503 meanwhile.
     admin_stop: watch::Sender<bool>,
@@ -89,12 +93,12 @@ impl Server {
     /// As [`Server::start`], registering the metrics in `registry`.
     pub async fn start_with_registry(path: &Path, registry: prometheus::Registry) -> Result<Server, Error> {
         let config = Config::load(path)?;
-        let metrics = Arc::new(Metrics::new(registry).map_err(|e| Error::Start(e.to_string()))?);
-        let runtime = Arc::new(Runtime { fetch: auth::jwks::fetch_client(), metrics: Arc::clone(&metrics) });
+        let metrics = Arc::new(Metrics::new(registry).map_err(Error::Metrics)?);
+        let fetch = auth::jwks::fetch_client();
         let (listen, admin_listen) = (config.server.listen, config.server.admin_listen);
-        let snapshot = Snapshot::build(config, None, &runtime).map_err(Error::Start)?;
+        let snapshot = Snapshot::build(config, None, &fetch, &metrics)?;
         let first_keys: Vec<_> = snapshot.verifier.issuers().cloned().collect();
-        let shared = Arc::new(Shared::new(snapshot, path.to_owned(), metrics));
+        let shared = Arc::new(Shared::new(snapshot, path.to_owned(), metrics, fetch));
         let listener = TcpListener::bind(listen).await.map_err(|e| Error::Bind(listen, e))?;
         let addr = listener.local_addr().map_err(|e| Error::Bind(listen, e))?;
         let admin = match admin_listen {
@@ -114,10 +118,10 @@ impl Server {
         }
         futures_util::future::join_all(first_keys.iter().map(|i| i.first_attempt(FIRST_KEYS_WAIT))).await;
         drop(first_keys);
-        side_tasks.push(tokio::spawn(reload::watch(Arc::clone(&shared), Arc::clone(&runtime), rx.clone())));
+        side_tasks.push(tokio::spawn(reload::watch(Arc::clone(&shared), rx.clone())));
         let data = tokio::spawn(listener::serve(listener, Arc::clone(&shared), rx));
         tracing::info!(%addr, admin = ?admin_addr, config = %path.display(), "scopegate listening");
-        Ok(Server { addr, admin_addr, shared, runtime, shutdown, admin_stop, data, side_tasks })
+        Ok(Server { addr, admin_addr, shared, shutdown, admin_stop, data, side_tasks })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -137,9 +141,9 @@ impl Server {
         &self.shared.metrics
     }
 
-    /// Re-reads the config now, as SIGHUP does. Returns the error text of a rejected file.
-    pub async fn reload(&self) -> Result<(), String> {
-        reload::reload(&self.shared, &self.runtime).await
+    /// Re-reads the config now, as SIGHUP does. Returns the problems of a rejected file.
+    pub async fn reload(&self) -> Result<(), ConfigError> {
+        reload::reload(&self.shared).await
     }
 
     /// Stops accepting, reports not-ready, lets in-flight requests finish within

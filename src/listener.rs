@@ -33,9 +33,9 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tokio::time::Instant;
 
-use crate::config::TlsConfig;
 use crate::error::Body;
-use crate::proxy::{self, ConnInfo, Shared};
+use crate::proxy::{self, ConnInfo};
+use crate::state::Shared;
 
 /// How long a connection told to close may take to do so while nothing is in flight, before it
 /// is dropped: a client that never acknowledges an HTTP/2 GOAWAY cannot keep its slot.
@@ -43,29 +43,6 @@ const LINGER: Duration = Duration::from_secs(1);
 
 /// The watchdog's shortest period, whatever `idle_timeout` says.
 const MIN_LOOK: Duration = Duration::from_millis(100);
-
-/// Builds the rustls server config from PEM files: TLS 1.2 and 1.3 with rustls' modern cipher
-/// suites (aws-lc-rs), ALPN h2 then http/1.1.
-pub fn tls_config(t: &TlsConfig) -> Result<Arc<rustls::ServerConfig>, String> {
-    use rustls_pki_types::pem::PemObject;
-    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&t.cert)
-        .and_then(|it| it.collect::<Result<_, _>>())
-        .map_err(|e| format!("tls cert {}: {e}", t.cert.display()))?;
-    if certs.is_empty() {
-        return Err(format!("tls cert {}: no certificate in the file", t.cert.display()));
-    }
-    let key = PrivateKeyDer::from_pem_file(&t.key).map_err(|e| format!("tls key {}: {e}", t.key.display()))?;
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(|e| format!("tls {} / {}: {e}", t.cert.display(), t.key.display()))?;
-    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(Arc::new(cfg))
-}
 
 /// A protocol builder for the limits of the current snapshot. Built per connection, so a
 /// reload's new limits apply to new connections.

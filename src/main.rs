@@ -38,18 +38,19 @@ enum Command {
 }
 
 fn mint(config: &std::path::Path, client_id: &str, scope: Option<&str>) -> Result<String, String> {
-    use scopegate::issuer::BuiltinIssuer;
+    use scopegate::issuer::{BuiltinIssuer, SigningKey};
     let config = Config::load(config).map_err(|e| e.to_string())?;
     let Some(b) = config.issuer else {
         return Err(format!("{}: no [issuer] is configured", config.path.display()));
     };
-    if b.signing_key.is_none() {
+    let Some(path) = &b.signing_key else {
         return Err(format!(
             "{}: [issuer] has no signing_key; its key is generated in memory at start, so a token minted here would not verify against a running gateway",
             config.path.display()
         ));
-    }
-    let issuer = BuiltinIssuer::build(b, None)?;
+    };
+    let key = SigningKey::load(path).map_err(|e| format!("signing_key {}: {e}", path.display()))?;
+    let issuer = BuiltinIssuer::build(b, Some(key), None)?;
     let client =
         issuer.client(client_id).ok_or_else(|| format!("client {client_id:?} is not in [[issuer.clients]]"))?;
     let scopes = BuiltinIssuer::grant(client, scope)
@@ -95,11 +96,11 @@ fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuar
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Some(Command::Check) => match Config::check(&cli.config) {
-            Ok((c, warnings)) => {
-                print!("{}", c.summary());
+        Some(Command::Check) => match scopegate::check::check(&cli.config) {
+            Ok(report) => {
+                print!("{}", report.summary);
                 // Positioned like errors; a config with warnings is still valid (exit 0).
-                for w in &warnings {
+                for w in &report.warnings {
                     eprintln!("{w}");
                 }
                 ExitCode::SUCCESS

@@ -9,12 +9,9 @@
 use std::borrow::Cow;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use arc_swap::ArcSwap;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::request::Parts;
 use http::{Request, Response, StatusCode};
@@ -23,12 +20,13 @@ use tokio::sync::OwnedSemaphorePermit;
 
 use crate::auth::verify::{bounded, Principal, TokenInfo};
 use crate::auth::{extract, scope};
-use crate::config::{Action, MockResponse, RouteAuth};
+use crate::config::{MockResponse, RouteAuth};
 use crate::error::{json_response, Body, Reject};
 use crate::issuer::{BuiltinIssuer, Endpoint};
 use crate::metrics::{method_label, Metrics};
-use crate::route::{self, Match};
+use crate::route::{self, Match, Target};
 use crate::snapshot::Snapshot;
+use crate::state::Shared;
 use crate::tunnel;
 use crate::upstream::{self, Upstream};
 
@@ -36,33 +34,6 @@ pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-
-/// State shared by every connection of the process.
-pub struct Shared {
-    pub snapshot: ArcSwap<Snapshot>,
-    pub config_path: PathBuf,
-    pub metrics: Arc<Metrics>,
-    draining: AtomicBool,
-}
-
-impl Shared {
-    pub fn new(snapshot: Snapshot, config_path: PathBuf, metrics: Arc<Metrics>) -> Shared {
-        Shared { snapshot: ArcSwap::from_pointee(snapshot), config_path, metrics, draining: AtomicBool::new(false) }
-    }
-
-    /// Ready to take traffic: not draining and every issuer has keys.
-    pub fn ready(&self) -> bool {
-        !self.is_draining() && self.snapshot.load().ready()
-    }
-
-    pub fn is_draining(&self) -> bool {
-        self.draining.load(Ordering::Relaxed)
-    }
-
-    pub fn start_draining(&self) {
-        self.draining.store(true, Ordering::Relaxed);
-    }
-}
 
 /// What the listener knows about a connection.
 ///
@@ -278,13 +249,12 @@ pub async fn decide<'s>(
             return Ok(Decision::Issuer(Arc::clone(issuer), endpoint));
         }
     }
-    let idx = match snap.table.lookup(&path, &parts.method) {
-        Match::Found(i) => i,
+    let route = match snap.table.lookup(&path, &parts.method) {
+        Match::Found(route) => route,
         Match::MethodNotAllowed(allow) => return Err(Reject::MethodNotAllowed { allow }),
         Match::NotFound => return Err(Reject::NotFound),
     };
-    let route = &cfg.routes[idx];
-    access.route = &route.path;
+    access.route = &route.template;
 
     let principal = match &route.auth {
         RouteAuth::None => None,
@@ -300,9 +270,9 @@ pub async fn decide<'s>(
         }
     };
 
-    let upstream = match &route.action {
-        Action::Mock(m) => return Ok(Decision::Mock(m)),
-        Action::Upstream(i) => &*snap.upstreams[*i],
+    let upstream = match &route.target {
+        Target::Mock(m) => return Ok(Decision::Mock(m)),
+        Target::Upstream(u) => &**u,
     };
     access.upstream = &upstream.config.name;
     let uri = upstream.uri(&parts.uri, &path)?;
@@ -336,7 +306,7 @@ async fn act(
     }
 }
 
-/// Header hygiene for the upstream request . Client forwarding headers are
+/// Header hygiene for the upstream request. Client forwarding headers are
 /// either removed by `strip_request` or overwritten here: `x-forwarded-proto`,
 /// `x-forwarded-host`, `x-forwarded-port` and `x-real-ip` get the gateway's values, and
 /// `x-forwarded-for` gets the client address appended to every line the client sent (NGINX's
@@ -442,4 +412,140 @@ async fn forward(snap: &Snapshot, upstream: &Upstream, mut req: Request<Incoming
     }
     upstream::strip_response(resp.headers_mut());
     Ok(resp.map(Body::Left))
+}
+
+#[cfg(test)]
+mod tests {
+    //! `decide` against a snapshot built from a config string, without a network: the built-in
+    //! issuer mints the tokens and its keys are handed to the verifier directly; the upstream's
+    //! address is never dialled (`decide` stops at the rewritten request).
+
+    use std::path::Path;
+
+    use http::Request;
+
+    use super::*;
+    use crate::config::{Config, ScopeFailureStatus};
+    use crate::error::AuthFailure;
+
+    const CONFIG: &str = r#"
+[auth]
+scope_failure_status = 403
+
+[issuer]
+issuer = "https://issuer.test"
+
+[[issuer.resource_servers]]
+identifier = "api"
+scopes = ["read", "write"]
+
+[[issuer.clients]]
+client_id = "app"
+client_secret = "app-secret"
+allowed_scopes = ["api/read", "api/write"]
+
+[upstreams.books]
+url = "http://127.0.0.1:9/base"
+
+[[routes]]
+path = "/books/{id}"
+methods = ["GET"]
+scopes = ["api/read"]
+upstream = "books"
+
+[[routes]]
+path = "/books/{id}"
+methods = ["DELETE"]
+scopes_all = ["api/read", "api/write"]
+upstream = "books"
+
+[[routes]]
+path = "/health"
+auth = "none"
+response = { status = 200, body = "ok" }
+"#;
+
+    fn snapshot() -> Snapshot {
+        let config = Config::parse(Path::new("/decide-test/gateway.toml"), CONFIG).expect("config");
+        let metrics = Arc::new(Metrics::new(prometheus::Registry::new()).expect("metrics"));
+        Snapshot::build(config, None, &crate::auth::jwks::fetch_client(), &metrics).expect("snapshot")
+    }
+
+    fn token(snap: &Snapshot, scopes: &[&str]) -> String {
+        snap.issuer.as_ref().expect("built-in issuer").mint("app", scopes).expect("mint")
+    }
+
+    /// What `decide` chose, in words, or why it refused.
+    async fn decided(snap: &Snapshot, req: http::request::Builder) -> Result<String, Reject> {
+        let (mut parts, ()) = req.header("host", "gw.test").body(()).expect("request").into_parts();
+        let conn = ConnInfo::new("127.0.0.1:40000".parse().expect("addr"), false);
+        let mut access = Access::default();
+        let request_id = HeaderValue::from_static("decide-test");
+        let decision = decide(snap, &conn, &mut parts, &request_id, &mut access).await?;
+        Ok(match decision {
+            Decision::Issuer(_, endpoint) => format!("issuer {endpoint:?}"),
+            Decision::Mock(m) => format!("mock {}", m.status.as_u16()),
+            Decision::Forward(u) => format!("forward {} {}", u.config.name, parts.uri),
+        })
+    }
+
+    fn get(target: &str, token: Option<&str>) -> http::request::Builder {
+        let req = Request::get(target);
+        match token {
+            Some(t) => req.header("authorization", format!("Bearer {t}")),
+            None => req,
+        }
+    }
+
+    #[tokio::test]
+    async fn every_check_refuses_with_its_reject() {
+        let snap = snapshot();
+        let read = token(&snap, &["api/read"]);
+        let write = token(&snap, &["api/write"]);
+        let other_key = token(&snapshot(), &["api/read"]);
+        let cases: Vec<(&str, http::request::Builder, Reject)> = vec![
+            ("lower-case method", Request::builder().method("get").uri("/health"), Reject::BadRequest),
+            ("path parameter", get("/books;v=1/1", None), Reject::BadRequest),
+            ("path above the root", get("/../books/1", None), Reject::BadRequest),
+            ("head too large", get("/health", None).header("x-big", "a".repeat(20_000)), Reject::HeaderTooLarge),
+            ("no route", get("/nope", None), Reject::NotFound),
+            (
+                "method without a route",
+                Request::put("/books/1"),
+                Reject::MethodNotAllowed { allow: HeaderValue::from_static("DELETE, GET, HEAD") },
+            ),
+            ("no token", get("/books/1", None), Reject::Unauthorized(AuthFailure::Missing)),
+            ("not a JWT", get("/books/1", Some("not-a-jwt")), Reject::Unauthorized(AuthFailure::Malformed)),
+            ("another issuer's key", get("/books/1", Some(&other_key)), Reject::Unauthorized(AuthFailure::UnknownKid)),
+            ("scope missing", get("/books/1", Some(&write)), Reject::InsufficientScope(ScopeFailureStatus::Forbidden)),
+            (
+                "one of all scopes missing",
+                Request::delete("/books/1").header("authorization", format!("Bearer {read}")),
+                Reject::InsufficientScope(ScopeFailureStatus::Forbidden),
+            ),
+        ];
+        for (what, req, want) in cases {
+            assert_eq!(decided(&snap, req).await, Err(want), "{what}");
+        }
+    }
+
+    #[tokio::test]
+    async fn accepted_requests_get_their_target() {
+        let snap = snapshot();
+        let read = token(&snap, &["api/read"]);
+        let both = token(&snap, &["api/read", "api/write"]);
+        let forward = |path: &str| Ok(format!("forward books /base{path}"));
+        assert_eq!(decided(&snap, get("/books/1?x=1", Some(&read))).await, forward("/books/1?x=1"));
+        // HEAD is checked as GET; the normalized path is the one forwarded.
+        assert_eq!(
+            decided(&snap, Request::head("/BOOKS/./1").header("authorization", format!("Bearer {read}"))).await,
+            forward("/BOOKS/1")
+        );
+        assert_eq!(
+            decided(&snap, Request::delete("/books/1").header("authorization", format!("Bearer {both}"))).await,
+            forward("/books/1")
+        );
+        assert_eq!(decided(&snap, get("/health", None)).await, Ok("mock 200".to_owned()));
+        assert_eq!(decided(&snap, Request::post("/oauth2/token")).await, Ok("issuer Token".to_owned()));
+    }
 }

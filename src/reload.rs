@@ -16,7 +16,6 @@
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsString;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -26,10 +25,10 @@ use notify::{EventKind, RecursiveMode, Watcher};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
-use crate::config::{Config, KeySource, LogFormat};
+use crate::config::{Config, ConfigError, KeySource};
 use crate::metrics::Metrics;
-use crate::proxy::Shared;
-use crate::snapshot::{Runtime, Snapshot};
+use crate::snapshot::{Snapshot, StartOnly};
+use crate::state::Shared;
 
 /// Quiet time after the last file event before files are compared.
 const DEBOUNCE: Duration = Duration::from_millis(150);
@@ -45,67 +44,32 @@ const POLL: Duration = Duration::from_secs(5);
 /// How long a reload waits for a newly added issuer's first keys before swapping anyway.
 const NEW_ISSUER_WAIT: Duration = Duration::from_secs(5);
 
-/// Reloads the config. Returns the error text when the new file was rejected.
-pub async fn reload(shared: &Shared, rt: &Runtime) -> Result<(), String> {
-    let result = try_reload(shared, rt).await;
+/// Reloads the config. Returns the problems of the new file when it was rejected.
+pub async fn reload(shared: &Shared) -> Result<(), ConfigError> {
+    let result = try_reload(shared).await;
     match &result {
         Ok(()) => {
-            rt.metrics.config_reloads.with_label_values(&["ok"]).inc();
+            shared.metrics.config_reloads.with_label_values(&["ok"]).inc();
             tracing::info!(path = %shared.config_path.display(), "config reloaded");
         }
         Err(error) => {
-            rt.metrics.config_reloads.with_label_values(&["error"]).inc();
+            shared.metrics.config_reloads.with_label_values(&["error"]).inc();
             tracing::error!(%error, "config reload rejected; keeping the previous config");
         }
     }
     result
 }
 
-async fn try_reload(shared: &Shared, rt: &Runtime) -> Result<(), String> {
-    let config = Config::load(&shared.config_path).map_err(|e| e.to_string())?;
+async fn try_reload(shared: &Shared) -> Result<(), ConfigError> {
+    let config = Config::load(&shared.config_path)?;
     let old = shared.snapshot.load_full();
-    let new = Snapshot::build(config, Some(&old), rt)?;
-    flag_restart_only(&new, &rt.metrics, true);
+    let new = shared.build(config, Some(&old))?;
+    flag_restart_only(&new, &shared.metrics, true);
     let fresh: Vec<_> =
         new.verifier.issuers().filter(|i| !old.verifier.issuers().any(|o| Arc::ptr_eq(o, i))).cloned().collect();
     futures_util::future::join_all(fresh.iter().map(|i| i.first_attempt(NEW_ISSUER_WAIT))).await;
     shared.snapshot.store(Arc::new(new));
     Ok(())
-}
-
-/// The settings a reload cannot apply, as the process started with them: the listeners are
-/// bound, the connection limit sized, TLS switched on or off, and the log format chosen once.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StartOnly {
-    listen: SocketAddr,
-    admin_listen: Option<SocketAddr>,
-    max_connections: usize,
-    tls: bool,
-    log_format: LogFormat,
-}
-
-impl StartOnly {
-    pub fn of(config: &Config) -> StartOnly {
-        StartOnly {
-            listen: config.server.listen,
-            admin_listen: config.server.admin_listen,
-            max_connections: config.server.max_connections,
-            tls: config.server.tls.is_some(),
-            log_format: config.log,
-        }
-    }
-
-    /// Each setting by its key in gateway.toml, with its value as text.
-    fn settings(&self) -> [(&'static str, String); 5] {
-        let on_off = |on: bool| if on { "on" } else { "off" }.to_owned();
-        [
-            ("server.listen", self.listen.to_string()),
-            ("server.admin_listen", self.admin_listen.map_or_else(|| "(none)".to_owned(), |a| a.to_string())),
-            ("server.max_connections", self.max_connections.to_string()),
-            ("server.tls", on_off(self.tls)),
-            ("log.format", if self.log_format == LogFormat::Json { "json" } else { "text" }.to_owned()),
-        ]
-    }
 }
 
 /// Compares the settings `snap`'s config asks for with those the process runs with: each one
@@ -175,7 +139,7 @@ fn parent(p: &Path) -> PathBuf {
 }
 
 /// Watches the config and the files it names until `shutdown`; reloads on change or SIGHUP.
-pub async fn watch(shared: Arc<Shared>, rt: Arc<Runtime>, mut shutdown: watch::Receiver<bool>) {
+pub async fn watch(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
     let mut files = watched_files(&shared.snapshot.load());
     // Shared with the watcher's callback, which drops the events of other files at once.
     let names = Arc::new(Mutex::new(watched_names(&files)));
@@ -197,7 +161,7 @@ pub async fn watch(shared: Arc<Shared>, rt: Arc<Runtime>, mut shutdown: watch::R
     #[cfg(unix)]
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
     // Every restart-only setting shows in the metrics from the start, at 0.
-    flag_restart_only(&shared.snapshot.load(), &rt.metrics, false);
+    flag_restart_only(&shared.snapshot.load(), &shared.metrics, false);
 
     let mut seen = read_all(&files);
     let mut dirs: Vec<PathBuf> = Vec::new();
@@ -295,7 +259,7 @@ pub async fn watch(shared: Arc<Shared>, rt: Arc<Runtime>, mut shutdown: watch::R
                 .all(|f| snap.config.auth.issuers.iter().any(|i| i.source == KeySource::File((*f).clone())));
         seen = now;
         if !only_jwks {
-            let _ = reload(&shared, &rt).await;
+            let _ = reload(&shared).await;
         }
         files = watched_files(&shared.snapshot.load());
         // Files the new config names for the first time count as seen as of now.

@@ -1,7 +1,6 @@
 //! Upstreams: one pooled client each, the URI rewrite, header hygiene and timeouts.
 
-use std::path::Path;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -12,7 +11,6 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
-use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::CertificateDer;
 
 use crate::config::UpstreamConfig;
@@ -79,60 +77,6 @@ pub const X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-po
 
 pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, Incoming>;
 
-fn native_roots() -> &'static rustls::RootCertStore {
-    static ROOTS: OnceLock<rustls::RootCertStore> = OnceLock::new();
-    ROOTS.get_or_init(|| {
-        let mut store = rustls::RootCertStore::empty();
-        let found = rustls_native_certs::load_native_certs();
-        for e in &found.errors {
-            tracing::debug!(error = %e, "skipping an unreadable system root certificate");
-        }
-        store.add_parsable_certificates(found.certs);
-        store
-    })
-}
-
-/// Reads a PEM bundle of CA certificates.
-pub fn read_ca_file(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
-    let certs: Vec<_> = CertificateDer::pem_file_iter(path)
-        .map_err(|e| e.to_string())?
-        .collect::<Result<_, _>>()
-        .map_err(|e| e.to_string())?;
-    if certs.is_empty() {
-        return Err("no PEM certificate in the file".to_owned());
-    }
-    Ok(certs)
-}
-
-/// An http+https connector: system roots plus the optional CA bundle, ALPN h2 and http/1.1.
-pub fn https_connector(
-    ca_file: Option<&Path>,
-    connect_timeout: Duration,
-) -> Result<HttpsConnector<HttpConnector>, String> {
-    let mut roots = native_roots().clone();
-    if let Some(path) = ca_file {
-        for cert in read_ca_file(path)? {
-            roots.add(cert).map_err(|e| format!("{}: {e}", path.display()))?;
-        }
-    }
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let tls = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let mut http = HttpConnector::new();
-    http.enforce_http(false);
-    http.set_connect_timeout(Some(connect_timeout));
-    http.set_nodelay(true);
-    Ok(hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(tls)
-        .https_or_http()
-        .enable_http1()
-        .enable_http2()
-        .wrap_connector(http))
-}
-
 /// How requests reach an upstream.
 enum Transport {
     /// Plain HTTP: our own lean HTTP/1.1 keep-alive pool, the hot path.
@@ -149,13 +93,14 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    pub fn new(config: UpstreamConfig) -> Result<Upstream, String> {
+    /// A client for `config`; `ca` is its `ca_file`, read when the snapshot was compiled.
+    pub fn new(config: UpstreamConfig, ca: &[CertificateDer<'static>]) -> Result<Upstream, String> {
         let base: Uri = config.scheme_authority.parse().map_err(|e| format!("{}: {e}", config.scheme_authority))?;
         let (Some(scheme), Some(authority)) = (base.scheme().cloned(), base.authority().cloned()) else {
             return Err(format!("{}: not scheme://authority", config.scheme_authority));
         };
         let transport = if config.https {
-            let connector = https_connector(config.ca_file.as_deref(), config.connect_timeout)?;
+            let connector = crate::tls::https_connector(ca, config.connect_timeout)?;
             Transport::Tls(Box::new(
                 Client::builder(TokioExecutor::new())
                     .timer(TokioTimer::new())
@@ -329,16 +274,16 @@ pub fn may_strip(name: &HeaderName) -> bool {
 
 /// Request hygiene: hop-by-hop headers, those `Connection` names and those a client could use
 /// to claim an identity, another method or another origin go, whatever the spelling
-/// (`x_auth_sub` like `x-auth-sub`). Returns whether the request is an upgrade.
-/// The common request has none of them, and then costs one pass over its header names.
-pub fn strip_request(headers: &mut HeaderMap) -> bool {
+/// (`x_auth_sub` like `x-auth-sub`). A WebSocket upgrade keeps what the next hop needs, so
+/// [`is_upgrade`] still tells it afterwards. The common request has none of them, and then costs
+/// one pass over its header names.
+pub fn strip_request(headers: &mut HeaderMap) {
     if !headers.keys().any(may_strip) {
-        return false;
+        return;
     }
     let upgrade = is_upgrade(headers);
     strip_hop_by_hop(headers, upgrade);
     strip_spoofable(headers);
-    upgrade
 }
 
 /// Response hygiene: hop-by-hop headers and those `Connection` names go.
@@ -448,7 +393,7 @@ mod tests {
             h.insert("quux", HeaderValue::from_static("1"));
             let mut response = h.clone();
             let kept: &[&str] = if first == "foo" { &["x-keep"] } else { &["foo", "x-keep"] };
-            assert!(!strip_request(&mut h));
+            strip_request(&mut h);
             assert_eq!(names(&h), kept, "request, first line {first:?}");
             strip_response(&mut response);
             assert_eq!(names(&response), kept, "response, first line {first:?}");
@@ -467,7 +412,7 @@ mod tests {
             let name = HeaderName::from_bytes(name.as_bytes()).unwrap();
             assert!(may_strip(&name), "{name} not seen");
             let mut h = map(&[("host", "a"), (name.as_str(), "v")]);
-            let _ = strip_request(&mut h);
+            strip_request(&mut h);
             assert_eq!(names(&h), ["host"], "{name} kept in a request");
             h.insert(name.clone(), HeaderValue::from_static("v"));
             let hop_by_hop = name.as_str() == "upgrade" || is_listed(name.as_str().as_bytes(), &HOP_BY_HOP);
@@ -492,7 +437,7 @@ mod tests {
         ]);
         let before = clean.clone();
         assert!(!clean.keys().any(may_strip), "{clean:?}");
-        assert!(!strip_request(&mut clean));
+        strip_request(&mut clean);
         assert_eq!(clean, before);
     }
 
@@ -505,6 +450,11 @@ mod tests {
         strip_hop_by_hop(&mut h, true);
         assert_eq!(h.get(header::UPGRADE).unwrap(), "websocket");
         assert_eq!(h.get(header::CONNECTION).unwrap(), "upgrade");
+        // The whole request hygiene leaves an upgrade recognizable as one.
+        let mut req = map(&[("connection", "keep-alive, Upgrade"), ("upgrade", "websocket"), ("x-auth-sub", "spoof")]);
+        strip_request(&mut req);
+        assert!(is_upgrade(&req), "{req:?}");
+        assert!(!req.contains_key("x-auth-sub"), "{req:?}");
     }
 
     #[test]
@@ -521,7 +471,7 @@ mod tests {
         assert!(!is_upgrade(&with("websocket", "keep-alive")));
         let mut h = with("h2c", "Upgrade, HTTP2-Settings");
         h.insert("http2-settings", HeaderValue::from_static("AAMAAABkAAQAAP__"));
-        assert!(!strip_request(&mut h));
+        strip_request(&mut h);
         assert!(h.is_empty(), "{h:?}");
 
         assert!(switches_to_websocket(&with("websocket", "upgrade")));

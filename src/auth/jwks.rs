@@ -338,7 +338,7 @@ pub type FetchClient = hyper_util::client::legacy::Client<
 >;
 
 pub fn fetch_client() -> FetchClient {
-    let https = crate::upstream::https_connector(None, Duration::from_secs(5))
+    let https = crate::tls::https_connector(&[], Duration::from_secs(5))
         .expect("the system roots alone always make a TLS config");
     hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build(https)
 }
@@ -647,6 +647,7 @@ mod tests {
             algorithms: vec![Algorithm::RS256],
             refresh: Duration::from_secs(3600),
             kid_miss_cooldown: Duration::from_secs(30),
+            at: crate::config::Pos::default(),
         };
         let keys = KeySet::parse(format!(r#"{{"keys":[{RSA_JWK}]}}"#).as_bytes(), &cfg.algorithms).unwrap();
         let issuer = IssuerKeys::fixed(cfg, keys);

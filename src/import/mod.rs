@@ -9,6 +9,7 @@
 
 mod cloudformation;
 mod emit;
+mod expr;
 mod openapi;
 mod yaml;
 

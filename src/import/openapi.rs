@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use serde_json::Value;
 
-use super::cloudformation::{compact, mock_from, refs};
+use super::expr::{compact, mock_from, refs};
 use super::{snake, Action, Plan, Refusal, Route, TrustedIssuer};
 
 const OPERATIONS: &[(&str, &str)] = &[

@@ -470,3 +470,23 @@ async fn route_methods_are_upper_case_tokens() {
         }
     }
 }
+
+/// A `jwks_file` is read with the issuer's own `algorithms`: a file with no key usable for them
+/// could never verify a token, so `check` refuses it at the `jwks_file` line (exit 2), and
+/// accepts the same file once the algorithms match its key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jwks_file_without_a_key_for_the_issuers_algorithms_is_an_error() {
+    // The file holds one RS256 key; the issuer allows ES256 only.
+    let text = valid().replace("jwks_file = \"jwks.json\"", "jwks_file = \"jwks.json\"\nalgorithms = [\"ES256\"]");
+    let (_dir, path) = write_config(&text);
+    let out = check(&path, &[], &[]).await;
+    assert_error_at(&out, &path, line_of(&text, "jwks_file"), &[1, col_of(&text, "\"jwks.json\"")]);
+    assert!(out.stderr.contains("jwks.json") && out.stderr.contains("no usable"), "{out:?}");
+
+    // An ES256 key in the file: the same config is valid.
+    let (dir, path) = write_config(&text);
+    let ec = TestKey::generate(Algorithm::ES256, "cfg-ec");
+    std::fs::write(dir.path().join("jwks.json"), serde_json::json!({ "keys": [ec.jwk()] }).to_string()).unwrap();
+    let out = check(&path, &[], &[]).await;
+    assert_eq!(out.code, Some(0), "{out:?}");
+}

@@ -473,7 +473,7 @@ async fn invalid_edit_keeps_the_old_routes() {
     assert_ok(&gw.get("/a", None).await, "A", "after a syntax error");
     assert_eq!(gw.get("/b", None).await.status, 404, "route of a rejected file");
     let errors = gw.reloads("error");
-    let err = gw.server().reload().await.expect_err("reload() accepted a file with a syntax error");
+    let err = gw.server().reload().await.expect_err("reload() accepted a file with a syntax error").to_string();
     assert!(err.contains("gateway.toml"), "error does not name the file: {err}");
     assert_eq!(gw.reloads("error"), errors + 1, "reload() error not counted");
 
@@ -489,7 +489,7 @@ async fn invalid_edit_keeps_the_old_routes() {
         }
     })
     .await;
-    let err = gw.server().reload().await.expect_err("reload() accepted an unknown key");
+    let err = gw.server().reload().await.expect_err("reload() accepted an unknown key").to_string();
     assert!(err.contains("gateway.toml") && err.contains("scope"), "error does not name the file and key: {err}");
     assert_ok(&gw.get("/a", None).await, "A", "after an unknown key");
     assert_eq!(gw.get("/b", None).await.status, 404, "route of a rejected file");
