@@ -743,6 +743,7 @@ impl Gateway {
         tokio::time::timeout(GATEWAY_START_TIMEOUT, self.server().reload())
             .await
             .unwrap_or_else(|_| panic!("reload did not finish within {GATEWAY_START_TIMEOUT:?}"))
+            .map_err(|e| e.to_string())
     }
 
     /// The server's metrics in the Prometheus text format (as `/metrics` shows them).
