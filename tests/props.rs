@@ -68,22 +68,64 @@ const ALL_ALGS: [Algorithm; 12] = [
     Algorithm::EdDSA,
 ];
 
-/// JWK members drawn from what a real key has, with real-looking key material.
+/// Real public key material: a P-256 point and an Ed25519 key (the fuzz targets' fixed keys),
+/// and a 2048-bit RSA modulus (any odd number of that size parses).
+fn key_members() -> &'static [serde_json::Map<String, serde_json::Value>; 3] {
+    use aws_lc_rs::signature::{self as sig, EcdsaKeyPair, Ed25519KeyPair, KeyPair};
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    static M: OnceLock<[serde_json::Map<String, serde_json::Value>; 3]> = OnceLock::new();
+    M.get_or_init(|| {
+        let ec = EcdsaKeyPair::from_pkcs8(
+            &sig::ECDSA_P256_SHA256_FIXED_SIGNING,
+            include_bytes!("../fuzz/keys/es256.pk8.der"),
+        )
+        .expect("P-256 PKCS#8");
+        let ed = Ed25519KeyPair::from_pkcs8_maybe_unchecked(include_bytes!("../fuzz/keys/ed25519.pk8.der"))
+            .expect("Ed25519 PKCS#8");
+        let point = ec.public_key().as_ref();
+        let mut n = vec![0xc5u8; 256];
+        n[255] |= 1;
+        let obj = |v: serde_json::Value| v.as_object().cloned().expect("object");
+        [
+            obj(serde_json::json!({"kty": "RSA", "n": URL_SAFE_NO_PAD.encode(&n), "e": "AQAB"})),
+            obj(serde_json::json!({"kty": "EC", "crv": "P-256",
+                "x": URL_SAFE_NO_PAD.encode(&point[1..33]), "y": URL_SAFE_NO_PAD.encode(&point[33..])})),
+            obj(serde_json::json!({"kty": "OKP", "crv": "Ed25519", "x": URL_SAFE_NO_PAD.encode(ed.public_key().as_ref())})),
+        ]
+    })
+}
+
+/// A JWK: real key material of some type (or none), an optional `alg`, `use` and `kid`, then
+/// arbitrary members that may override any of those.
 fn jwk_strategy() -> impl Strategy<Value = serde_json::Value> {
-    let member = prop_oneof![
+    let extra = prop_oneof![
         prop::sample::select(vec!["RSA", "EC", "OKP", "oct"]).prop_map(|v| ("kty", serde_json::json!(v))),
         prop::sample::select(vec!["P-256", "P-384", "Ed25519"]).prop_map(|v| ("crv", serde_json::json!(v))),
-        prop::sample::select(vec!["RS256", "PS384", "ES256", "ES384", "EdDSA", "HS256", "none", "rs256"])
-            .prop_map(|v| ("alg", serde_json::json!(v))),
-        prop::sample::select(vec!["sig", "enc"]).prop_map(|v| ("use", serde_json::json!(v))),
-        "[a-z0-9]{0,3}".prop_map(|v| ("kid", serde_json::json!(v))),
-        (prop::sample::select(vec!["n", "e", "x", "y"]), prop::collection::vec(any::<u8>(), 0..300))
+        (prop::sample::select(vec!["n", "e", "x", "y"]), prop::collection::vec(any::<u8>(), 0..40))
             .prop_map(|(k, b)| (k, serde_json::json!(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)))),
-        (prop::sample::select(vec!["n", "e", "x", "y", "kid", "alg"]), any::<i64>())
+        (prop::sample::select(vec!["n", "e", "x", "y", "kid", "alg", "use"]), any::<i64>())
             .prop_map(|(k, v)| (k, serde_json::json!(v))),
     ];
-    prop::collection::vec(member, 0..8)
-        .prop_map(|ms| serde_json::Value::Object(ms.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()))
+    let alg = prop::sample::select(vec!["RS256", "PS384", "ES256", "ES384", "EdDSA", "HS256", "none", "rs256"]);
+    (
+        0..4usize,
+        prop::option::of(alg),
+        prop::option::of(prop::sample::select(vec!["sig", "enc"])),
+        prop::option::of("[a-z0-9]{0,3}"),
+        prop::collection::vec(extra, 0..3),
+    )
+        .prop_map(|(kind, alg, use_, kid, extra)| {
+            let mut m = key_members().get(kind).cloned().unwrap_or_default();
+            for (k, v) in [("alg", alg.map(str::to_owned)), ("use", use_.map(str::to_owned)), ("kid", kid)] {
+                if let Some(v) = v {
+                    m.insert(k.to_owned(), serde_json::json!(v));
+                }
+            }
+            for (k, v) in extra {
+                m.insert(k.to_owned(), v);
+            }
+            serde_json::Value::Object(m)
+        })
 }
 
 fn check_keyset(doc: &[u8], mask: u16) {
