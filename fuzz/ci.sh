@@ -8,32 +8,34 @@
 #
 # FUZZ_SANITIZER=address (or memory, thread, leak) builds with that sanitizer; the default is
 # none: scopegate itself forbids unsafe code, and unsanitized targets run several times faster.
+# FUZZ_TOOLCHAIN names the nightly toolchain (default: nightly).
 set -euo pipefail
 
 secs="${1:-30}"
 sanitizer="${FUZZ_SANITIZER:-none}"
+toolchain="${FUZZ_TOOLCHAIN:-nightly}"
 cd "$(dirname "$0")"
 
-if ! cargo +nightly --version >/dev/null 2>&1; then
-    echo "fuzz: SKIP: no nightly toolchain (rustup toolchain install nightly)"
+if ! cargo "+$toolchain" --version >/dev/null 2>&1; then
+    echo "fuzz: SKIP: no $toolchain toolchain (rustup toolchain install $toolchain)"
     exit 0
 fi
-if ! cargo +nightly fuzz --version >/dev/null 2>&1; then
-    echo "fuzz: SKIP: cargo-fuzz is not installed (cargo +nightly install cargo-fuzz --locked)"
+if ! cargo "+$toolchain" fuzz --version >/dev/null 2>&1; then
+    echo "fuzz: SKIP: cargo-fuzz is not installed (cargo +$toolchain install cargo-fuzz --locked)"
     exit 0
 fi
 
-cargo +nightly fuzz build -s "$sanitizer"
+cargo "+$toolchain" fuzz build -s "$sanitizer"
 scratch="$(mktemp -d)"
 trap 'rm -rf "$scratch"' EXIT
-for target in $(cargo +nightly fuzz list); do
+for target in $(cargo "+$toolchain" fuzz list); do
     mkdir -p "$scratch/$target"
     log="$scratch/$target.log"
     # The first directory receives new inputs; the committed seeds (and regressions/, read
     # recursively) are only read.
-    if cargo +nightly fuzz run -s "$sanitizer" "$target" "$scratch/$target" "corpus/$target" -- \
+    if cargo "+$toolchain" fuzz run -s "$sanitizer" "$target" "$scratch/$target" "corpus/$target" -- \
         -max_total_time="$secs" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 >"$log" 2>&1; then
-        echo "fuzz: $target: ok, $(grep -E '^#[0-9]+ +DONE' "$log" | tail -1 | sed -E 's/ +/ /g')"
+        echo "fuzz: $target: ok, $(grep -E '^#[0-9]+[[:space:]]+DONE' "$log" | tail -1 | sed -E 's/[[:space:]]+/ /g')"
     else
         echo "fuzz: $target: FAILED"
         tail -n 60 "$log"
