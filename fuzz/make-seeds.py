@@ -98,3 +98,24 @@ for name, v in [
 ]:
     write("token_form", name, b"r" + v)
 write("token_form", "structured", b"s" + b"\x05demo\x06secret" + bytes(range(16)))
+
+# http: the bytes a client sends on one connection; `$TOKEN` becomes a valid token with scope
+# books.read.
+for name, req in [
+    ("public", b"GET /public/a/b?x=1 HTTP/1.1\r\nHost: gw\r\n\r\n"),
+    ("public-spoof", b"GET /public/x HTTP/1.1\r\nHost: gw\r\nX-Auth-Sub: admin\r\nx-auth-scope: admin\r\n\r\n"),
+    ("books", b"GET /books/42 HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer $TOKEN\r\n\r\n"),
+    ("books-post", b"POST /books/42 HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer $TOKEN\r\n"
+                   b"Content-Length: 5\r\n\r\nhello"),
+    ("books-no-token", b"GET /books/42 HTTP/1.1\r\nHost: gw\r\n\r\n"),
+    ("admin", b"GET /admin/x HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer $TOKEN\r\n\r\n"),
+    ("pipelined", b"GET /mock HTTP/1.1\r\nHost: gw\r\n\r\nGET /books/1/../2 HTTP/1.1\r\nHost: gw\r\n"
+                  b"Authorization: Bearer $TOKEN\r\n\r\nDELETE /books/2 HTTP/1.1\r\nHost: gw\r\n\r\n"),
+    ("chunked", b"POST /public/up HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: chunked\r\n\r\n"
+                b"5\r\nhello\r\n0\r\n\r\n"),
+    ("encoded", b"GET /books/%2e%2e/admin/x HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer $TOKEN\r\n\r\n"),
+    ("upgrade", b"GET /public/ws HTTP/1.1\r\nHost: gw\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"),
+    ("http10", b"GET /mock HTTP/1.0\r\n\r\n"),
+    ("garbage", b"\x00\x01GET / HTTP/9.9\r\n\r\n"),
+]:
+    write("http", name, req)
