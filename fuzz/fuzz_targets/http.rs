@@ -61,8 +61,15 @@ enum Role {
     Admin,
 }
 
+/// The path as route matching may see it: ASCII case and `;params` folded (whether or not the
+/// gateway folds them, the checks below then hold).
+fn folded(path: &str) -> String {
+    path.split('/').map(|s| s.split(';').next().unwrap_or("").to_ascii_lowercase()).collect::<Vec<_>>().join("/")
+}
+
 fn check_upstream_request(role: Role, req: &Request<hyper::body::Incoming>) -> Option<String> {
     let path = req.uri().path();
+    let path_folded = folded(path);
     let h = req.headers();
     let ids: Vec<&str> = ["x-auth-sub", "x-auth-client-id", "x-auth-issuer", "x-auth-scope"]
         .into_iter()
@@ -70,13 +77,13 @@ fn check_upstream_request(role: Role, req: &Request<hyper::body::Incoming>) -> O
         .collect();
     match role {
         Role::Admin => Some(format!("admin upstream reached: {} {path}", req.method())),
-        Role::Public if !path.starts_with("/public/") => Some(format!("public upstream got {path:?}")),
+        Role::Public if !path_folded.starts_with("/public/") => Some(format!("public upstream got {path:?}")),
         Role::Public if !ids.is_empty() => Some(format!("public upstream got identity headers {ids:?}")),
         Role::Public => None,
         Role::Books => {
             let sub: Vec<_> = h.get_all("x-auth-sub").iter().collect();
             let scope: Vec<_> = h.get_all("x-auth-scope").iter().collect();
-            if !path.starts_with("/api/books/") {
+            if !path_folded.starts_with("/api/books/") {
                 Some(format!("books upstream got {path:?}"))
             } else if sub.len() != 1 || sub[0] != "fuzz-client" {
                 Some(format!("books upstream got x-auth-sub {sub:?}"))
@@ -257,7 +264,7 @@ fn check_responses(out: &[u8], input: &[u8]) {
         let lengths = header("content-length");
         let chunked = header("transfer-encoding").iter().any(|h| h.value.eq_ignore_ascii_case(b"chunked"));
         assert!(lengths.len() <= 1, "{} content-length headers", lengths.len());
-        assert!(!(chunked && !lengths.is_empty()), "both content-length and chunked");
+        assert!(!chunked || lengths.is_empty(), "both content-length and chunked");
         rest = &rest[n..];
         if code == 101 || head_only {
             return;
