@@ -641,7 +641,9 @@ pub fn withdraw_retired_keys(issuer: &Arc<BuiltinIssuer>, keys: &Arc<IssuerKeys>
 }
 
 /// `client_secret_basic`: id and secret are form-urlencoded, then base64 (RFC 6749 §2.3.1).
-fn basic_credentials(headers: &HeaderMap) -> Result<Option<(String, String)>, TokenError> {
+/// Public for the fuzz targets and property tests only.
+#[doc(hidden)]
+pub fn basic_credentials(headers: &HeaderMap) -> Result<Option<(String, String)>, TokenError> {
     let Some(v) = headers.get(header::AUTHORIZATION) else {
         return Ok(None);
     };
