@@ -10,6 +10,8 @@ pub mod auth;
 pub mod check;
 pub mod config;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod import;
 pub mod issuer;
 pub(crate) mod listener;

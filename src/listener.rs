@@ -46,7 +46,7 @@ const MIN_LOOK: Duration = Duration::from_millis(100);
 
 /// A protocol builder for the limits of the current snapshot. Built per connection, so a
 /// reload's new limits apply to new connections.
-fn builder(server: &crate::config::ServerConfig) -> auto::Builder<TokioExecutor> {
+pub(crate) fn builder(server: &crate::config::ServerConfig) -> auto::Builder<TokioExecutor> {
     let mut b = auto::Builder::new(TokioExecutor::new());
     // hyper answers a head that overflows its buffer with a bare 431; heads between
     // `max_header_bytes` and the buffer size get the JSON 431 from the pipeline.

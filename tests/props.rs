@@ -240,7 +240,7 @@ proptest! {
         let method = &paths::METHODS[method];
         let found = table.lookup(&normal, method);
         prop_assert_eq!(&found, &table.lookup(&other_normal.unwrap_or_default(), method));
-        if let Match::Found(i) = found {
+        if let Match::Found(&i) = found {
             paths::check_template_matches(&config.routes[i].path, &normal);
         }
     }

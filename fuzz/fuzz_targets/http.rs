@@ -4,9 +4,9 @@
 //!
 //! Input: the bytes a client sends; every `$TOKEN` in them is replaced by a valid ES256 token
 //! (scope `books.read`, signed with a key generated when the process starts, so no input can
-//! carry any other valid token). The connection is built like the listener builds it (auto
-//! builder with upgrades, same HTTP/1 timer, buffer and header limits), plus half-close so the
-//! answers to everything sent before the client's EOF are written.
+//! carry any other valid token). The connection is served by `scopegate::fuzzing::InMemory`
+//! with the listener's own protocol builder, plus half-close so the answers to everything sent
+//! before the client's EOF are written.
 //!
 //! Properties:
 //! - no panic, no hang (each input is bounded by a 30 s wall-clock timeout);
@@ -34,13 +34,9 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
+use hyper_util::rt::TokioIo;
 use libfuzzer_sys::fuzz_target;
-use scopegate::config::Config;
-use scopegate::metrics::Metrics;
-use scopegate::proxy::{self, ConnInfo, Shared};
-use scopegate::snapshot::{Runtime, Snapshot};
+use scopegate::fuzzing::InMemory;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -48,7 +44,7 @@ const ISS: &str = "https://issuer.fuzz/pool";
 
 struct Fixture {
     rt: tokio::runtime::Runtime,
-    shared: Arc<Shared>,
+    service: Arc<InMemory>,
     token: String,
     /// What the mock upstreams saw that they must not have.
     violations: Arc<Mutex<Vec<String>>>,
@@ -205,37 +201,14 @@ response = {{ status = 200, body = '{{"mock":true}}' }}
         );
         let path = dir.join("gateway.toml");
         std::fs::write(&path, toml).expect("write config");
-        let config = Config::load(&path).expect("fuzz config loads");
-        let metrics = Arc::new(Metrics::new(prometheus::Registry::new()).expect("metrics"));
-        let shared = rt.block_on(async {
-            let runtime = Runtime { fetch: scopegate::auth::jwks::fetch_client(), metrics: Arc::clone(&metrics) };
-            let snapshot = Snapshot::build(config, None, &runtime).expect("snapshot");
-            for i in snapshot.verifier.issuers() {
-                i.first_attempt(Duration::from_secs(10)).await;
-            }
-            assert!(snapshot.ready(), "keys loaded");
-            Arc::new(Shared::new(snapshot, path.clone(), metrics))
-        });
+        let service = rt.block_on(InMemory::load(&path, Duration::from_secs(10))).expect("fuzz config loads");
+        assert!(service.ready(), "keys loaded");
+        let service = Arc::new(service);
         // Keys are loaded and nothing here reloads the config: the files can go (a key
         // refresh that finds no file keeps the last good keys).
         let _ = std::fs::remove_dir_all(&dir);
-        Fixture { rt, shared, token, violations }
+        Fixture { rt, service, token, violations }
     })
-}
-
-fn builder(shared: &Shared) -> auto::Builder<TokioExecutor> {
-    // As listener::builder (HTTP/2 settings aside), with half-close (see the module docs).
-    let server = shared.snapshot.load().config.server.clone();
-    let mut b = auto::Builder::new(TokioExecutor::new());
-    let buf = (server.max_header_bytes + 4096).max(8192);
-    b.http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(server.header_read_timeout)
-        .max_buf_size(buf)
-        .max_headers(1000)
-        .keep_alive(true)
-        .half_close(true);
-    b
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
@@ -320,11 +293,9 @@ fuzz_target!(|data: &[u8]| {
 
     let out = f.rt.block_on(async {
         let (client, server) = tokio::io::duplex(1 << 16);
-        let shared = Arc::clone(&f.shared);
-        let info = Arc::new(ConnInfo::new("127.0.0.1:40000".parse().expect("addr"), false));
-        let service = service_fn(move |req| Box::pin(proxy::handle(Arc::clone(&shared), Arc::clone(&info), req)));
-        let conn = builder(&f.shared).serve_connection_with_upgrades(TokioIo::new(server), service).into_owned();
-        let server_task = tokio::spawn(conn);
+        let service = Arc::clone(&f.service);
+        let remote: SocketAddr = "127.0.0.1:40000".parse().expect("addr");
+        let server_task = tokio::spawn(async move { service.serve(server, remote).await });
         let (mut rd, mut wr) = tokio::io::split(client);
         let writer = async {
             let _ = wr.write_all(&input).await;

@@ -57,7 +57,7 @@ fuzz_target!(|data: &[u8]| {
     let again = table.lookup(&other_normal, &method);
     assert_eq!(found, again, "same normalized path {normal:?}, different routes");
 
-    if let Match::Found(i) = found {
+    if let Match::Found(&i) = found {
         paths::check_template_matches(&config.routes[i].path, &normal);
     }
 });

@@ -28,7 +28,7 @@ use jsonwebtoken::Algorithm;
 use libfuzzer_sys::fuzz_target;
 use scopegate::auth::jwks::{IssuerKeys, KeySet};
 use scopegate::auth::verify::Verifier;
-use scopegate::config::{IssuerConfig, KeySource};
+use scopegate::config::{IssuerConfig, KeySource, Pos};
 use scopegate::metrics::Metrics;
 use serde_json::{json, Map, Value};
 
@@ -67,6 +67,7 @@ fn fixture() -> &'static Fixture {
             refresh: Duration::from_secs(300),
             // One unknown-kid wait per process (in paused time), then none.
             kid_miss_cooldown: Duration::from_secs(86_400),
+            at: Pos::default(),
         };
         let all = [Algorithm::ES256, Algorithm::EdDSA, Algorithm::RS256];
         let keys = KeySet::parse(jwks.to_string().as_bytes(), &all).expect("fixed JWKS");
