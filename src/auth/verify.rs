@@ -184,8 +184,15 @@ fn offset(text: &str) -> u32 {
 struct JoseHeader {
     alg: String,
     kid: Option<String>,
-    /// Critical extensions: this verifier understands none (RFC 7515 §4.1.11).
-    crit: Option<serde::de::IgnoredAny>,
+    /// Critical extensions: this verifier understands none (RFC 7515 §4.1.11), so the member's
+    /// mere presence refuses the token, whatever its value (`null` included).
+    #[serde(default, deserialize_with = "present")]
+    crit: bool,
+}
+
+/// True for a member that is present, whatever its value.
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    serde::de::IgnoredAny::deserialize(d).map(|_| true)
 }
 
 #[derive(Deserialize)]
@@ -367,7 +374,7 @@ impl Verifier {
         info.kid = header.kid.as_deref().map(loggable);
         let claims: Claims = b64_json(c).map_err(unauthorized)?;
         info.iss = claims.iss.as_deref().map(loggable);
-        if header.crit.is_some() {
+        if header.crit {
             return Err(unauthorized(AuthFailure::Malformed));
         }
         let iss = claims.iss.as_deref().ok_or(unauthorized(AuthFailure::WrongIssuer))?;

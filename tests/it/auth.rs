@@ -391,6 +391,20 @@ async fn every_bad_token_kind_is_401_and_valid_variants_pass() {
             bearer(&key.sign_with_header(&json!({"alg": "RS512", "kid": "k1", "typ": "JWT"}), &good())),
             Reject(INVALID_TOKEN),
         ),
+        // Critical header extensions: none is understood, so any `crit` refuses the token,
+        // even an empty or null one (RFC 7515 §4.1.11).
+        (
+            "crit naming an extension",
+            bearer(
+                &key.sign_with_header(&json!({"alg": "RS256", "kid": "k1", "crit": ["b64"], "b64": false}), &good()),
+            ),
+            Reject(INVALID_TOKEN),
+        ),
+        (
+            "crit: null",
+            bearer(&key.sign_with_header(&json!({"alg": "RS256", "kid": "k1", "crit": null}), &good())),
+            Reject(INVALID_TOKEN),
+        ),
         // Keys.
         ("unknown kid", bearer(&stranger.sign(&good())), Reject(INVALID_TOKEN)),
         ("valid token again (after all the bad ones)", bearer(&key.sign_with_header(&rs_header, &good())), Pass),
