@@ -654,8 +654,11 @@ pub fn basic_credentials(headers: &HeaderMap) -> Result<Option<(String, String)>
     let raw = STANDARD.decode(b64).map_err(|_| TokenError::InvalidClient { basic: true })?;
     let raw = String::from_utf8(raw).map_err(|_| TokenError::InvalidClient { basic: true })?;
     let (id, secret) = raw.split_once(':').ok_or(TokenError::InvalidClient { basic: true })?;
+    // Each half is form-urlencoded (`+` is a space, `%XX` a byte) and nothing more: an `&` or
+    // `=` a client did not encode is part of the value, not the end of a form field.
     let decode = |s: &str| -> String {
-        form_urlencoded::parse(format!("x={s}").as_bytes()).next().map(|(_, v)| v.into_owned()).unwrap_or_default()
+        let plus_as_space = s.replace('+', " ");
+        percent_encoding::percent_decode_str(&plus_as_space).decode_utf8_lossy().into_owned()
     };
     Ok(Some((decode(id), decode(secret))))
 }

@@ -279,4 +279,16 @@ proptest! {
         let got = scopegate::issuer::basic_credentials(&headers).map_err(|e| format!("{e:?}"));
         prop_assert_eq!(got, Ok(Some((id, secret))));
     }
+
+    /// What `curl --user id:secret` sends: the halves as they are, not form-encoded. Any
+    /// character that form-encoding would not change the meaning of (`&`, `=`, `;`...) is
+    /// taken literally, never as the end of a form field.
+    #[test]
+    fn unencoded_basic_credentials_are_taken_literally(id in "[a-zA-Z0-9&=;,!._~-]{1,20}", secret in "[a-zA-Z0-9&=;,:!._~-]{0,20}") {
+        let value = format!("Basic {}", STANDARD.encode(format!("{id}:{secret}")));
+        let mut headers = HeaderMap::new();
+        headers.insert(header::AUTHORIZATION, HeaderValue::from_str(&value).expect("ASCII"));
+        let got = scopegate::issuer::basic_credentials(&headers).map_err(|e| format!("{e:?}"));
+        prop_assert_eq!(got, Ok(Some((id, secret))));
+    }
 }
