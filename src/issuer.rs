@@ -25,7 +25,7 @@ use subtle::ConstantTimeEq;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::auth::jwks::{IssuerKeys, KeySet};
-use crate::config::{BuiltinIssuerConfig, ClientConfig, ClientSecret, IssuerConfig, KeySource, Pos};
+use crate::config::{BuiltinIssuerConfig, ClientConfig, ClientSecret, IssuerConfig, KeyCacheConfig, KeySource, Pos};
 use crate::error::{json_response, no_store, Body, Reject, TokenError};
 use crate::metrics::Metrics;
 
@@ -82,11 +82,52 @@ impl SigningKey {
 
     /// A fresh RSA-2048 key, kept in memory only.
     pub fn generate() -> Result<SigningKey, String> {
+        Self::generate_pem().map(|(key, _)| key)
+    }
+
+    /// A fresh RSA-2048 key and its PKCS#8 PEM.
+    fn generate_pem() -> Result<(SigningKey, String), String> {
         use aws_lc_rs::encoding::AsDer;
         let pair = aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048)
             .map_err(|_| "RSA key generation failed".to_owned())?;
         let der = pair.as_der().map_err(|_| "RSA key encoding failed".to_owned())?;
-        SigningKey::from_pem(pem("PRIVATE KEY", der.as_ref()).as_bytes())
+        let text = pem("PRIVATE KEY", der.as_ref());
+        Ok((SigningKey::from_pem(text.as_bytes())?, text))
+    }
+
+    /// The generated key of the built-in issuer `issuer`, kept in `cache.dir` (`[auth]
+    /// key_cache_dir`): the key persisted there by an earlier start, or a fresh one, written
+    /// there as PKCS#8 PEM (mode 0600) for the next start. A file that cannot be read or is not
+    /// a key is replaced; a write that fails is logged and counted, and the key is used anyway.
+    pub fn persisted(cache: &KeyCacheConfig, issuer: &str, metrics: &Metrics) -> Result<SigningKey, String> {
+        let path = crate::auth::key_cache::signing_key_file(&cache.dir, issuer);
+        match std::fs::read(&path) {
+            Ok(text) => match SigningKey::from_pem(&text) {
+                Ok(key) => {
+                    tracing::info!(path = %path.display(), kid = %key.kid, "built-in issuer: signing key read from key_cache_dir");
+                    return Ok(key);
+                }
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "built-in issuer: the persisted signing key is not usable; generating a new one");
+                }
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "built-in issuer: cannot read the persisted signing key; generating a new one");
+            }
+        }
+        let (key, text) = Self::generate_pem()?;
+        match crate::auth::key_cache::write_atomic(&cache.dir, &path, text.as_bytes()) {
+            Ok(()) => {
+                metrics.key_cache_writes.with_label_values(&["ok"]).inc();
+                tracing::info!(path = %path.display(), kid = %key.kid, "built-in issuer: generated signing key persisted to key_cache_dir");
+            }
+            Err(e) => {
+                metrics.key_cache_writes.with_label_values(&["error"]).inc();
+                tracing::warn!(path = %path.display(), error = %e, "built-in issuer: could not persist the generated signing key; it lasts until the process ends");
+            }
+        }
+        Ok(key)
     }
 
     fn new(encoding: EncodingKey, alg: Algorithm) -> Result<SigningKey, String> {

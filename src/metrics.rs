@@ -17,6 +17,8 @@ pub struct Metrics {
     pub cache_misses: IntCounter,
     pub jwks_refreshes: IntCounterVec,
     pub jwks_keys: IntGaugeVec,
+    pub jwks_from_cache: IntGaugeVec,
+    pub key_cache_writes: IntCounterVec,
     pub config_reloads: IntCounterVec,
     pub tokens_issued: IntCounterVec,
     pub config_restart_required: IntGaugeVec,
@@ -60,6 +62,22 @@ impl Metrics {
             &["issuer", "result"],
         )?;
         let jwks_keys = IntGaugeVec::new(Opts::new("scopegate_jwks_keys", "Usable keys held, by issuer"), &["issuer"])?;
+        let jwks_from_cache = IntGaugeVec::new(
+            Opts::new(
+                "scopegate_jwks_from_cache",
+                "1 while the issuer's keys in use came from key_cache_dir (the IdP could not be reached), 0 once a fetch succeeded",
+            ),
+            &["issuer"],
+        )?;
+        let key_cache_writes = IntCounterVec::new(
+            Opts::new(
+                "scopegate_key_cache_writes_total",
+                "Key set files written to key_cache_dir, by result (ok, error)",
+            ),
+            &["result"],
+        )?;
+        registry.register(Box::new(jwks_from_cache.clone()))?;
+        registry.register(Box::new(key_cache_writes.clone()))?;
         let config_reloads = IntCounterVec::new(
             Opts::new("scopegate_config_reloads_total", "Config reloads, by result (ok, error)"),
             &["result"],
@@ -96,6 +114,8 @@ impl Metrics {
             cache_misses,
             jwks_refreshes,
             jwks_keys,
+            jwks_from_cache,
+            key_cache_writes,
             config_reloads,
             tokens_issued,
             config_restart_required,

@@ -144,11 +144,15 @@ impl Snapshot {
         let mut issuers = HashMap::with_capacity(config.auth.issuers.len());
         for i in &config.auth.issuers {
             let reused = previous.and_then(|p| {
-                p.verifier.issuers().find(|old| old.config == *i && old.config.source != KeySource::Builtin)
+                p.verifier.issuers().find(|old| {
+                    old.config == *i
+                        && old.config.source != KeySource::Builtin
+                        && old.cache == IssuerKeys::cache_for(i, config.auth.key_cache.as_ref())
+                })
             });
             let keys = match reused {
                 Some(old) => Arc::clone(old),
-                None => IssuerKeys::start(i.clone(), fetch.clone(), Arc::clone(metrics)),
+                None => IssuerKeys::start(i.clone(), config.auth.key_cache.clone(), fetch.clone(), Arc::clone(metrics)),
             };
             issuers.insert(i.issuer.clone(), keys);
         }
@@ -156,6 +160,16 @@ impl Snapshot {
             None => None,
             Some(b) => {
                 let prev = previous.and_then(|p| p.issuer.as_deref());
+                // Without a signing_key, the generated key lives in key_cache_dir when there is
+                // one (unless the previous snapshot's generated key is taken over).
+                let generated_before = prev.is_some_and(|p| p.config.signing_key.is_none());
+                let signing_key = match (signing_key, &config.auth.key_cache) {
+                    (None, Some(cache)) if b.signing_key.is_none() && !generated_before => Some(
+                        SigningKey::persisted(cache, &b.issuer, metrics)
+                            .map_err(|e| unpositioned(&config, format!("built-in issuer: {e}")))?,
+                    ),
+                    (key, _) => key,
+                };
                 let built = BuiltinIssuer::build(b.clone(), signing_key, prev)
                     .map_err(|e| unpositioned(&config, format!("built-in issuer: {e}")))?;
                 let jwks = built.jwks().to_string();

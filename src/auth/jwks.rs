@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use aws_lc_rs::signature::{ParsedPublicKey, VerificationAlgorithm};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -21,7 +21,7 @@ use jsonwebtoken::Algorithm;
 use serde::Deserialize;
 use tokio::sync::{watch, Notify};
 
-use crate::config::{IssuerConfig, KeySource};
+use crate::config::{IssuerConfig, KeyCacheConfig, KeySource};
 use crate::metrics::Metrics;
 
 /// Largest JWKS or discovery document accepted.
@@ -354,6 +354,9 @@ struct KickState {
 /// The live keys of one issuer and the task that keeps them fresh.
 pub struct IssuerKeys {
     pub config: IssuerConfig,
+    /// Where the fetched key set is persisted (`[auth] key_cache_dir`); `None` for a key set
+    /// that is not fetched (a file, the built-in issuer's) or when nothing is persisted.
+    pub cache: Option<KeyCacheConfig>,
     keys: live::LiveKeys,
     /// Bumped after every fetch attempt, good or bad, and when the refresh task ends.
     generation: watch::Sender<u64>,
@@ -367,8 +370,21 @@ pub struct IssuerKeys {
 impl IssuerKeys {
     /// Creates the issuer's key store and starts its refresh task, which ends when the store
     /// is dropped (the snapshot that held it was replaced by one without this issuer).
-    pub fn start(config: IssuerConfig, client: FetchClient, metrics: Arc<Metrics>) -> Arc<IssuerKeys> {
+    /// The key cache an issuer uses: only a fetched key set (jwks_uri, discovery) is persisted.
+    pub fn cache_for(config: &IssuerConfig, cache: Option<&KeyCacheConfig>) -> Option<KeyCacheConfig> {
+        let fetched = matches!(config.source, KeySource::Uri(_) | KeySource::Discovery);
+        cache.filter(|_| fetched).cloned()
+    }
+
+    /// `cache` is used only for a fetched key set (jwks_uri, discovery).
+    pub fn start(
+        config: IssuerConfig,
+        cache: Option<KeyCacheConfig>,
+        client: FetchClient,
+        metrics: Arc<Metrics>,
+    ) -> Arc<IssuerKeys> {
         let this = Arc::new(IssuerKeys {
+            cache: Self::cache_for(&config, cache.as_ref()),
             config,
             keys: live::LiveKeys::new(None),
             generation: watch::channel(0).0,
@@ -384,6 +400,7 @@ impl IssuerKeys {
     pub fn fixed(config: IssuerConfig, keys: KeySet) -> Arc<IssuerKeys> {
         Arc::new(IssuerKeys {
             config,
+            cache: None,
             keys: live::LiveKeys::new(Some(keys)),
             generation: watch::channel(1).0,
             kick: Arc::new(Notify::new()),
@@ -460,7 +477,9 @@ impl IssuerKeys {
         self.keys()
     }
 
-    async fn fetch_once(&self, client: &FetchClient) -> Result<Option<Duration>, String> {
+    /// One fetch; a good answer replaces the keys. Returns the Cache-Control max-age and the
+    /// document.
+    async fn fetch_once(&self, client: &FetchClient) -> Result<(Option<Duration>, Bytes), String> {
         let (bytes, max_age) = match &self.config.source {
             KeySource::File(path) => {
                 (tokio::fs::read(path).await.map(Bytes::from).map_err(|e| format!("{}: {e}", path.display()))?, None)
@@ -483,7 +502,38 @@ impl IssuerKeys {
         // A good answer replaces the keys whole; a bad one returned early above and the last
         // good keys stay.
         self.replace_keys(set);
-        Ok(max_age)
+        Ok((max_age, bytes))
+    }
+
+    /// Serves the persisted key set when there is one young enough; logs why not otherwise.
+    /// Returns when the persisted set was fetched.
+    async fn load_cached(&self, cache: &KeyCacheConfig) -> Option<SystemTime> {
+        let issuer = self.config.issuer.clone();
+        let c = cache.clone();
+        let loaded = tokio::task::spawn_blocking(move || crate::auth::key_cache::load_jwks(&c, &issuer))
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r);
+        let loaded = loaded.and_then(|l| {
+            let set = KeySet::parse(&l.jwks, &self.config.algorithms).map_err(|e| format!("persisted key set: {e}"))?;
+            Ok((set, l.age))
+        });
+        match loaded {
+            Ok((set, age)) => {
+                tracing::warn!(
+                    issuer = %self.config.issuer,
+                    keys = set.len(),
+                    age = %humantime::format_duration(age),
+                    "jwks fetch failed; serving the key set persisted in key_cache_dir until a fetch succeeds"
+                );
+                self.replace_keys(set);
+                Some(SystemTime::now() - age)
+            }
+            Err(reason) => {
+                tracing::warn!(issuer = %self.config.issuer, %reason, "jwks fetch failed and the persisted key set is not used");
+                None
+            }
+        }
     }
 }
 
@@ -539,12 +589,23 @@ async fn refresh_loop(weak: Weak<IssuerKeys>, kick: Arc<Notify>, client: FetchCl
     }
     let _ended = Ended(weak.clone());
     let mut backoff = MIN_WAIT;
+    // The persisted key set is tried once, after the first failed fetch while no keys are held.
+    let mut cache_tried = false;
+    // When the keys in use came from the key cache: when that set was fetched.
+    let mut from_cache: Option<SystemTime> = None;
     loop {
         let wait = {
             let Some(this) = weak.upgrade() else { return };
             let refresh = this.config.refresh.max(MIN_WAIT);
             let wait = match this.fetch_once(&client).await {
-                Ok(max_age) => {
+                Ok((max_age, document)) => {
+                    if let Some(cache) = &this.cache {
+                        if from_cache.take().is_some() {
+                            tracing::info!(issuer = %this.config.issuer, "jwks fetched; the persisted key set is no longer used");
+                        }
+                        metrics.jwks_from_cache.with_label_values(&[&this.config.issuer]).set(0);
+                        persist(cache, &this.config.issuer, document, &metrics).await;
+                    }
                     metrics.jwks_refreshes.with_label_values(&[&this.config.issuer, "ok"]).inc();
                     metrics
                         .jwks_keys
@@ -557,6 +618,28 @@ async fn refresh_loop(weak: Weak<IssuerKeys>, kick: Arc<Notify>, client: FetchCl
                 Err(error) => {
                     metrics.jwks_refreshes.with_label_values(&[&this.config.issuer, "error"]).inc();
                     tracing::warn!(issuer = %this.config.issuer, %error, have_keys = this.has_keys(), "jwks fetch failed; keeping the last good keys");
+                    if let Some(cache) = &this.cache {
+                        if !cache_tried && !this.has_keys() {
+                            cache_tried = true;
+                            from_cache = this.load_cached(cache).await;
+                        }
+                        // Persisted keys are served up to the maximum age, never longer.
+                        let expired = from_cache
+                            .is_some_and(|at| SystemTime::now().duration_since(at).unwrap_or_default() > cache.max_age);
+                        if expired {
+                            tracing::warn!(issuer = %this.config.issuer, "the persisted key set is older than key_cache_max_age; it is no longer served");
+                            this.keys.store(None);
+                            from_cache = None;
+                        }
+                        metrics
+                            .jwks_from_cache
+                            .with_label_values(&[&this.config.issuer])
+                            .set(i64::from(from_cache.is_some()));
+                        metrics
+                            .jwks_keys
+                            .with_label_values(&[&this.config.issuer])
+                            .set(this.keys().map_or(0, |k| i64::try_from(k.len()).unwrap_or(i64::MAX)));
+                    }
                     let cap = refresh.min(Duration::from_secs(60));
                     let jitter = backoff.mul_f64(fastrand::f64() * 0.5);
                     let wait = (backoff + jitter).min(cap);
@@ -570,6 +653,27 @@ async fn refresh_loop(weak: Weak<IssuerKeys>, kick: Arc<Notify>, client: FetchCl
         tokio::select! {
             () = tokio::time::sleep(wait) => {}
             () = kick.notified() => {}
+        }
+    }
+}
+
+/// Writes a freshly fetched document to the key cache, off the request path; a failure is
+/// logged and counted, never fatal.
+async fn persist(cache: &KeyCacheConfig, issuer: &str, document: Bytes, metrics: &Metrics) {
+    let (c, iss) = (cache.clone(), issuer.to_owned());
+    let written = tokio::task::spawn_blocking(move || crate::auth::key_cache::store_jwks(&c, &iss, &document))
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|r| r);
+    match written {
+        Ok(true) => {
+            metrics.key_cache_writes.with_label_values(&["ok"]).inc();
+            tracing::debug!(%issuer, "jwks persisted to key_cache_dir");
+        }
+        Ok(false) => {}
+        Err(error) => {
+            metrics.key_cache_writes.with_label_values(&["error"]).inc();
+            tracing::warn!(%issuer, %error, "could not persist the key set to key_cache_dir");
         }
     }
 }

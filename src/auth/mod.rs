@@ -2,5 +2,6 @@
 
 pub mod extract;
 pub mod jwks;
+pub mod key_cache;
 pub mod scope;
 pub mod verify;

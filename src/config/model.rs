@@ -113,6 +113,16 @@ pub struct AuthConfig {
     pub forward_token: bool,
     pub identity_headers: bool,
     pub issuers: Vec<IssuerConfig>,
+    /// `key_cache_dir`: where fetched key sets and a generated signing key are persisted.
+    pub key_cache: Option<KeyCacheConfig>,
+}
+
+/// `[auth] key_cache_dir` and `key_cache_max_age`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyCacheConfig {
+    pub dir: PathBuf,
+    /// A persisted key set older than this is not served.
+    pub max_age: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

@@ -245,6 +245,11 @@ pub(super) struct RawAuth {
     pub(super) forward_token: Option<bool>,
     /// Set x-auth-sub, x-auth-client-id, x-auth-scope, x-auth-issuer. Default true.
     pub(super) identity_headers: Option<bool>,
+    /// Directory where the last good key set of each fetched issuer (jwks_uri, discovery) is kept, and the built-in issuer's generated signing key; served at start when the IdP cannot be reached. Relative to the config's directory; created 0700 if missing. Omitted: nothing is persisted.
+    #[schemars(with = "Option<Str>")]
+    pub(super) key_cache_dir: Option<Spanned<Str>>,
+    /// Oldest persisted key set served from key_cache_dir when the IdP cannot be reached. Default "24h".
+    pub(super) key_cache_max_age: Option<Dur>,
     /// Trusted token issuers.
     #[serde(default)]
     #[schemars(with = "Vec<RawIssuer>")]

@@ -14,9 +14,9 @@ use toml::Spanned;
 
 use super::diag::{Diags, Span};
 use super::model::{
-    Action, AuthConfig, BuiltinIssuerConfig, ClientConfig, ClientSecret, Config, IssuerConfig, KeySource, LogFormat,
-    Methods, MockResponse, RouteAuth, RouteConfig, ScopeFailureStatus, ServerConfig, TlsConfig, UpstreamConfig,
-    DEFAULT_LISTEN,
+    Action, AuthConfig, BuiltinIssuerConfig, ClientConfig, ClientSecret, Config, IssuerConfig, KeyCacheConfig,
+    KeySource, LogFormat, Methods, MockResponse, RouteAuth, RouteConfig, ScopeFailureStatus, ServerConfig, TlsConfig,
+    UpstreamConfig, DEFAULT_LISTEN,
 };
 use super::raw::{RawAuth, RawBuiltin, RawConfig, RawIssuer, RawMock, RawRoute, RawServer, RawUpstream, Str};
 
@@ -249,6 +249,13 @@ fn validate_auth(a: RawAuth, base: &Path, d: &mut Diags<'_>) -> Option<AuthConfi
             issuers.push(iss);
         }
     }
+    if let Some(dir) = a.key_cache_dir.as_ref().filter(|d| d.get_ref().0.is_empty()) {
+        d.at(&dir.span(), "auth.key_cache_dir must not be empty");
+    }
+    let key_cache = a.key_cache_dir.map(|dir| KeyCacheConfig {
+        dir: base.join(&dir.get_ref().0),
+        max_age: a.key_cache_max_age.map_or(Duration::from_secs(24 * 3600), |v| v.0),
+    });
     d.clean_since(before).then(|| AuthConfig {
         header,
         leeway: a.leeway.map_or(Duration::from_secs(60), |v| v.0),
@@ -257,6 +264,7 @@ fn validate_auth(a: RawAuth, base: &Path, d: &mut Diags<'_>) -> Option<AuthConfi
         forward_token: a.forward_token.unwrap_or(true),
         identity_headers: a.identity_headers.unwrap_or(true),
         issuers,
+        key_cache,
     })
 }
 

@@ -17,6 +17,7 @@ mod forwarding;
 mod harness;
 mod import;
 mod issuer;
+mod key_cache;
 mod limits;
 mod ops;
 mod paths;
