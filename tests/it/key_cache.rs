@@ -1,6 +1,8 @@
 //! `[auth] key_cache_dir`: the last good key set of a fetched issuer persisted on disk and
-//! served by a gateway that starts while the IdP is down (up to `key_cache_max_age`); a stale
-//! or corrupt file ignored; the built-in issuer's generated signing key kept across a restart.
+//! served by a gateway that starts (or gains the issuer by a reload) while the IdP is down, up
+//! to `key_cache_max_age`, with a metric and a WARN line saying so; a good fetch replacing it; a
+//! stale, corrupt or foreign file ignored; failed writes counted; the built-in issuer's
+//! generated signing key kept across a restart.
 
 use crate::common::*;
 
@@ -246,4 +248,75 @@ async fn the_builtin_issuers_generated_key_survives_a_restart() {
     assert_eq!(gw.get("/book", Some(&fresh)).await.status, 200);
     gw.stop().await;
     assert!(std::fs::read_to_string(&files[0]).expect("read").starts_with("-----BEGIN PRIVATE KEY-----"));
+}
+
+#[tokio::test]
+async fn an_issuer_added_by_a_reload_while_the_idp_is_down_gets_the_persisted_keys() {
+    let cache_root = tempfile::tempdir().expect("tempdir");
+    let cache = cache_root.path().join("keys");
+    let (toml, key, _) = populate(&cache, "").await;
+
+    // Start without the issuer, then add it (IdP down) by a reload.
+    let without_issuer = server_admin_toml("")
+        + &auth_toml(&format!("key_cache_dir = {}", toml_str(&cache.display().to_string())))
+        + &route_toml("/ping", &["GET"], &[PUBLIC, &mock_response("application/json", "{}")]);
+    let gw = Gateway::start(&without_issuer).await;
+    gw.rewrite(&toml);
+    gw.reload().await.expect("reload");
+    let r = gw.get("/r", Some(&key.sign(&claims(ISS, "client", "")))).await;
+    assert_eq!(r.status, 200, "issuer added by a reload, IdP down: {r:?}");
+    assert_eq!(from_cache_gauge(&gw).await, Some(1.0), "scopegate_jwks_from_cache");
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn the_binary_logs_that_it_serves_persisted_keys() {
+    let cache_root = tempfile::tempdir().expect("tempdir");
+    let cache = cache_root.path().join("keys");
+    let (toml, key, _) = populate(&cache, "").await;
+
+    let mut bin = Binary::start(&toml).await;
+    let r = send_to(
+        bin.addr,
+        "GET",
+        "/r",
+        &[("authorization", &format!("Bearer {}", key.sign(&claims(ISS, "c", ""))))],
+        "",
+    )
+    .await;
+    assert_eq!(r.status, 200, "{r:?}\n{}", bin.output());
+    let warned = bin.json_lines().into_iter().any(|line| {
+        line.to_string().contains("serving the key set persisted in key_cache_dir")
+            && line.to_string().contains("WARN")
+            && line.to_string().contains(ISS)
+    });
+    assert!(warned, "no WARN line about the persisted key set:\n{}", bin.output());
+    bin.signal("TERM");
+    assert!(bin.wait_exit(Duration::from_secs(30)).await.is_some(), "scopegate did not exit");
+}
+
+#[tokio::test]
+async fn persisted_keys_in_use_are_dropped_when_they_reach_the_maximum_age() {
+    let cache_root = tempfile::tempdir().expect("tempdir");
+    let cache = cache_root.path().join("keys");
+    let (toml, key, _) = populate(&cache, "key_cache_max_age = \"5s\"").await;
+
+    let gw = Gateway::start(&toml).await;
+    let token = key.sign(&claims(ISS, "client", ""));
+    assert_eq!(gw.get("/r", Some(&token)).await.status, 200, "young enough at start");
+    // The IdP stays down: once the persisted set is 5 s old (checked at each retry), it goes.
+    let last = bounded(30, "the persisted keys are dropped", async {
+        loop {
+            let r = gw.get("/r", Some(&token)).await;
+            if r.status != 200 {
+                return r;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await;
+    assert_eq!((last.status, last.body.as_str()), (503, UNAVAILABLE), "{last:?}");
+    assert_eq!(from_cache_gauge(&gw).await, Some(0.0), "scopegate_jwks_from_cache");
+    assert_eq!(send_to(gw.admin_addr(), "GET", "/readyz", &[], "").await.status, 503);
+    gw.stop().await;
 }
