@@ -527,7 +527,7 @@ impl IssuerKeys {
                     "jwks fetch failed; serving the key set persisted in key_cache_dir until a fetch succeeds"
                 );
                 self.replace_keys(set);
-                Some(SystemTime::now() - age)
+                Some(SystemTime::now().checked_sub(age).unwrap_or(SystemTime::UNIX_EPOCH))
             }
             Err(reason) => {
                 tracing::warn!(issuer = %self.config.issuer, %reason, "jwks fetch failed and the persisted key set is not used");
