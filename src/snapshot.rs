@@ -169,7 +169,8 @@ impl Snapshot {
                 Some(built)
             }
         };
-        let verifier = Verifier::new(issuers, config.auth.leeway, config.auth.cache_entries, Arc::clone(metrics));
+        let verifier = Verifier::new(issuers, config.auth.leeway, config.auth.cache_entries, Arc::clone(metrics))
+            .with_route_token_use(config.server.compat == crate::config::Compat::AwsRest);
         let start_only = previous.map_or_else(|| StartOnly::of(&config), |p| p.start_only.clone());
         Ok(Snapshot { config, table, upstreams, verifier, issuer, tls, start_only })
     }

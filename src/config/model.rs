@@ -78,6 +78,18 @@ pub struct ServerConfig {
     pub max_connections: usize,
     pub shutdown_grace: Duration,
     pub tls: Option<TlsConfig>,
+    /// Whose answers the gateway imitates (`server.compat`).
+    pub compat: Compat,
+}
+
+/// `server.compat`: answer like scopegate (`none`), like an API Gateway REST API with a Cognito
+/// user pool authorizer (`aws-rest`), or like an HTTP API with a JWT authorizer (`aws-http`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Compat {
+    #[default]
+    None,
+    AwsRest,
+    AwsHttp,
 }
 
 /// `[server.tls]`: PEM files, reloaded when they change.

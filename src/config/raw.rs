@@ -203,6 +203,9 @@ pub(super) struct RawServer {
     /// Terminate TLS on the data-plane listener.
     #[schemars(with = "Option<RawTls>")]
     pub(super) tls: Option<Spanned<RawTls>>,
+    /// Answer like AWS API Gateway: "aws-rest" (REST API + Cognito authorizer), "aws-http" (HTTP API + JWT authorizer) or "none". Default "none".
+    #[schemars(with = "Option<Str>")]
+    pub(super) compat: Option<Spanned<Str>>,
 }
 
 #[derive(Deserialize, JsonSchema)]

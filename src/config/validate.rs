@@ -14,9 +14,9 @@ use toml::Spanned;
 
 use super::diag::{Diags, Span};
 use super::model::{
-    Action, AuthConfig, BuiltinIssuerConfig, ClientConfig, ClientSecret, Config, IssuerConfig, KeySource, LogFormat,
-    Methods, MockResponse, RouteAuth, RouteConfig, ScopeFailureStatus, ServerConfig, TlsConfig, UpstreamConfig,
-    DEFAULT_LISTEN,
+    Action, AuthConfig, BuiltinIssuerConfig, ClientConfig, ClientSecret, Compat, Config, IssuerConfig, KeySource,
+    LogFormat, Methods, MockResponse, RouteAuth, RouteConfig, ScopeFailureStatus, ServerConfig, TlsConfig,
+    UpstreamConfig, DEFAULT_LISTEN,
 };
 use super::raw::{RawAuth, RawBuiltin, RawConfig, RawIssuer, RawMock, RawRoute, RawServer, RawUpstream, Str};
 
@@ -168,6 +168,18 @@ fn validate_server(s: RawServer, base: &Path, d: &mut Diags<'_>) -> Option<Serve
             Duration::ZERO
         }
     };
+    let compat = match s.compat {
+        None => Compat::None,
+        Some(c) => match c.get_ref().0.as_str() {
+            "none" => Compat::None,
+            "aws-rest" => Compat::AwsRest,
+            "aws-http" => Compat::AwsHttp,
+            other => {
+                d.at(&c.span(), format!("server.compat must be \"aws-rest\", \"aws-http\" or \"none\", not {other:?}"));
+                Compat::None
+            }
+        },
+    };
     let tls = match s.tls {
         None => None,
         Some(t) => {
@@ -189,6 +201,7 @@ fn validate_server(s: RawServer, base: &Path, d: &mut Diags<'_>) -> Option<Serve
         max_header_bytes: max_header_bytes?,
         max_connections: max_connections?,
         shutdown_grace: s.shutdown_grace.map_or(Duration::from_secs(20), |v| v.0),
+        compat,
     })
 }
 
