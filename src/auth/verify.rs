@@ -51,6 +51,8 @@ pub struct Principal {
     /// The token has an `aud` claim naming one of its issuer's audiences (any `aud` when the
     /// issuer lists none).
     pub aud_matched: bool,
+    /// The token's decoded claims, kept only when a route sends them upstream (`claims_header`).
+    claims: Option<Bytes>,
 }
 
 /// A token's `token_use` claim.
@@ -119,6 +121,7 @@ impl Principal {
             key: None,
             token_use: TokenUse::Other,
             aud_matched: false,
+            claims: None,
         }
     }
 
@@ -148,6 +151,11 @@ impl Principal {
             b.seen.store(version, Ordering::Relaxed);
         }
         live
+    }
+
+    /// The token's claims as JSON, when the verifier keeps them ([`Verifier::with_claims`]).
+    pub fn claims(&self) -> Option<&[u8]> {
+        self.claims.as_deref()
     }
 
     /// The `kid` of the verified token's header, if it had one.
@@ -323,6 +331,8 @@ pub struct Verifier {
     /// `server.compat = "aws-rest"`: the route, not the issuer's `token_use`, says which kind
     /// of token it takes (checked by the request path against [`Principal::token_use`]).
     route_token_use: bool,
+    /// Some route sends the claims upstream: each principal keeps them.
+    keep_claims: bool,
 }
 
 fn now_secs() -> u64 {
@@ -352,7 +362,15 @@ impl Verifier {
             cache: (cache_entries > 0).then(|| TokenCache::new(cache_entries)),
             metrics,
             route_token_use: false,
+            keep_claims: false,
         }
+    }
+
+    /// Keeps each verified token's claims in its principal (a route has `claims_header`).
+    #[must_use]
+    pub fn with_claims(mut self, on: bool) -> Verifier {
+        self.keep_claims = on;
+        self
     }
 
     /// Leaves the `token_use` check to each route (`server.compat = "aws-rest"`).
@@ -489,6 +507,10 @@ impl Verifier {
         };
         // Checked above against the audiences when there are any.
         principal.aud_matched = claims.aud.is_some();
+        if self.keep_claims {
+            // Decoded once more, on this rare path only: `c` decoded above.
+            principal.claims = URL_SAFE_NO_PAD.decode(c).ok().map(Bytes::from);
+        }
         Ok(principal)
     }
 }

@@ -204,6 +204,9 @@ pub struct RouteConfig {
     pub methods: Methods,
     pub auth: RouteAuth,
     pub action: Action,
+    /// `claims_header`: the header that carries the verified claims upstream, in the shape of
+    /// `server.compat`.
+    pub claims_header: Option<HeaderName>,
     /// Where the route was written, for overlap errors and warnings.
     pub at: Pos,
 }

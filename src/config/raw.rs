@@ -320,6 +320,9 @@ pub(super) struct RawRoute {
     /// A mock answer instead of an upstream.
     #[schemars(with = "Option<RawMock>")]
     pub(super) response: Option<Spanned<RawMock>>,
+    /// Send the verified token's claims upstream in this header, as the JSON of API Gateway's requestContext.authorizer (needs server.compat "aws-rest" or "aws-http").
+    #[schemars(with = "Option<Str>")]
+    pub(super) claims_header: Option<Spanned<Str>>,
 }
 
 #[derive(Deserialize, JsonSchema)]

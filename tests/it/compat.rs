@@ -24,6 +24,11 @@ struct Setup {
 /// audience `app-client` (and `issuer_lines`), and routes: `GET /books/{id}` needing `api/read`,
 /// `GET /profile` with no scopes, `GET /public` with no token at all.
 async fn setup(server_lines: &str, auth_lines: &str, issuer_lines: &str) -> Setup {
+    setup_with(server_lines, auth_lines, issuer_lines, "").await
+}
+
+/// [`setup`] with `route_line` added to `/books/{id}` and `/profile`.
+async fn setup_with(server_lines: &str, auth_lines: &str, issuer_lines: &str, route_line: &str) -> Setup {
     let key = TestKey::generate(Algorithm::RS256, "k1");
     let jwks = JwksServer::start(vec![key.jwk()]).await;
     let up = Upstream::start("books").await;
@@ -32,8 +37,8 @@ async fn setup(server_lines: &str, auth_lines: &str, issuer_lines: &str) -> Setu
         + &auth_toml(auth_lines)
         + &issuer_toml(ISS, &jwks_uri(&jwks.url), &["RS256"], &extra)
         + &upstream_toml("books", &up.url)
-        + &route_toml("/books/{id}", &["GET"], &[&forward_to("books"), &scopes(&["api/read"])])
-        + &route_toml("/profile", &["GET"], &[&forward_to("books")])
+        + &route_toml("/books/{id}", &["GET"], &[&forward_to("books"), &scopes(&["api/read"]), route_line])
+        + &route_toml("/profile", &["GET"], &[&forward_to("books"), route_line])
         + &route_toml("/public", &["GET"], &[&forward_to("books"), PUBLIC]);
     let gw = Gateway::start(&toml).await;
     Setup { gw, up, key, _jwks: jwks }
@@ -64,8 +69,14 @@ fn token_with(s: &Setup, scope: &str, edit: impl FnOnce(&mut serde_json::Map<Str
 
 /// `method path` with the fixed request id and, if given, the bearer token.
 async fn call(s: &Setup, method: &str, path: &str, token: Option<&str>) -> Resp {
+    call_with(s, method, path, token, &[]).await
+}
+
+/// [`call`] with `extra` headers.
+async fn call_with(s: &Setup, method: &str, path: &str, token: Option<&str>, extra: &[(&str, &str)]) -> Resp {
     let auth = token.map(|t| format!("Bearer {t}"));
     let mut headers = vec![("x-request-id", REQUEST_ID)];
+    headers.extend_from_slice(extra);
     if let Some(a) = &auth {
         headers.push(("authorization", a.as_str()));
     }
@@ -321,4 +332,99 @@ async fn compat_none_keeps_the_gateways_own_answers() {
 async fn an_unknown_compat_mode_is_refused() {
     let err = Gateway::try_start(&server_toml("compat = \"aws-soap\"")).await.err().expect("refused");
     assert!(err.contains("server.compat must be \"aws-rest\", \"aws-http\" or \"none\""), "{err}");
+}
+
+const CLAIMS_HEADER: &str = "claims_header = \"x-apigateway-authorizer\"";
+
+/// Forged copies of the claims header, in the gateway's spelling and CGI's.
+const FORGED: [(&str, &str); 2] =
+    [("x-apigateway-authorizer", r#"{"claims":{"sub":"admin"}}"#), ("x_apigateway_authorizer", "forged")];
+
+/// The one claims header the upstream got on its last request, parsed.
+fn received_claims(s: &Setup) -> Value {
+    let last = s.up.last().expect("a forwarded request");
+    let values = last.header_all("x-apigateway-authorizer");
+    assert_eq!(values.len(), 1, "{:?}", last.headers);
+    assert_eq!(last.header("x_apigateway_authorizer"), None, "the CGI spelling is removed");
+    serde_json::from_str(values[0]).expect("JSON")
+}
+
+#[tokio::test]
+async fn aws_rest_claims_header_carries_the_claims_as_strings_with_java_dates() {
+    let s = setup_with("compat = \"aws-rest\"", "", "", CLAIMS_HEADER).await;
+    let t = now();
+    let id = token_with(&s, "", |m| {
+        m.insert("token_use".into(), "id".into());
+        m.insert("aud".into(), APP.into());
+        m.insert("iat".into(), 1_683_168_606u64.into());
+        m.insert("exp".into(), (t + 3600).into());
+        m.insert("auth_time".into(), 1_683_168_606u64.into());
+        m.insert("cognito:groups".into(), serde_json::json!(["admins", "users"]));
+        m.insert("email_verified".into(), true.into());
+        m.remove("scope");
+    });
+    let r = call_with(&s, "GET", "/profile", Some(&id), &FORGED).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let got = received_claims(&s);
+    let claims = got["claims"].as_object().expect("claims object");
+    assert_eq!(got.as_object().map(|o| o.len()), Some(1), "{got}");
+    assert_eq!(claims["sub"], APP);
+    assert_eq!(claims["token_use"], "id");
+    assert_eq!(claims["iat"], "Thu May 04 02:50:06 UTC 2023");
+    assert_eq!(claims["exp"], scopegate::compat::java_date(i64::try_from(t + 3600).expect("time")));
+    assert_eq!(claims["auth_time"], "1683168606", "only exp and iat are dates");
+    assert_eq!(claims["version"], "2");
+    assert_eq!(claims["email_verified"], "true");
+    assert_eq!(claims["cognito:groups"], r#"["admins","users"]"#);
+    assert!(claims.values().all(Value::is_string), "{got}");
+    // A route without claims_header forwards no claims header, forged or not.
+    let r = call_with(&s, "GET", "/public", None, &FORGED).await;
+    assert_eq!(r.status, 200);
+    let last = s.up.last().expect("forwarded");
+    assert_eq!(last.header("x-apigateway-authorizer"), None);
+    assert_eq!(last.header("x_apigateway_authorizer"), None);
+    s.gw.stop().await;
+}
+
+#[tokio::test]
+async fn aws_http_claims_header_carries_jwt_claims_and_scopes() {
+    let s = setup_with("compat = \"aws-http\"", "", "", CLAIMS_HEADER).await;
+    let token = access(&s, "api/read other/x");
+    let r = call_with(&s, "GET", "/books/1", Some(&token), &FORGED).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let got = received_claims(&s);
+    let jwt = got["jwt"].as_object().expect("jwt object");
+    assert_eq!(got.as_object().map(|o| o.len()), Some(1), "{got}");
+    assert_eq!(jwt["scopes"], serde_json::json!(["api/read", "other/x"]));
+    let claims = jwt["claims"].as_object().expect("claims");
+    assert_eq!(claims["client_id"], APP);
+    assert_eq!(claims["scope"], "api/read other/x");
+    assert!(claims["exp"].as_str().expect("a string").parse::<u64>().is_ok(), "HTTP API dates stay numbers: {got}");
+    assert!(claims.values().all(Value::is_string), "{got}");
+    s.gw.stop().await;
+}
+
+#[tokio::test]
+async fn a_claims_header_needs_an_aws_mode_a_token_and_a_free_name() {
+    let route = |lines: &[&str]| route_toml("/x", &["GET"], lines);
+    let mock = mock_response("application/json", "{}");
+    let cases = [
+        ("", route(&[&mock, CLAIMS_HEADER]), "claims_header needs server.compat"),
+        (
+            "compat = \"aws-http\"",
+            route(&[&mock, PUBLIC, CLAIMS_HEADER]),
+            "claims_header needs a route with auth = \"jwt\"",
+        ),
+        (
+            "compat = \"aws-http\"",
+            route(&[&mock, "claims_header = \"x-forwarded-for\""]),
+            "is not a header name the gateway may set",
+        ),
+        ("compat = \"aws-rest\"", route(&[&mock, "claims_header = \"x-auth-sub\""]), "is not a header name"),
+        ("compat = \"aws-rest\"", route(&[&mock, "claims_header = \"host\""]), "is not a header name"),
+    ];
+    for (server, routes, want) in cases {
+        let err = Gateway::try_start(&(server_toml(server) + &routes)).await.err().expect("refused");
+        assert!(err.contains(want), "{server} {routes}: {err}");
+    }
 }
