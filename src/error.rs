@@ -4,7 +4,7 @@
 //! endpoint (RFC 6749 `{"error":...}`). A new variant cannot ship without its answer.
 
 use bytes::Bytes;
-use http::{header, HeaderMap, HeaderValue, Response, StatusCode};
+use http::{header, HeaderMap, HeaderName, HeaderValue, Response, StatusCode};
 use http_body_util::Full;
 
 /// Why a token was refused. Logged and counted; never shown to the client.
@@ -36,6 +36,23 @@ impl AuthFailure {
         AuthFailure::UnknownKid,
     ];
 
+    /// The `error_description` of an `aws-http` answer: short, generic, never a secret (in
+    /// the HTTP API JWT authorizer's own words where it has published them).
+    pub fn aws_description(self) -> &'static str {
+        match self {
+            AuthFailure::Missing => "the token is missing",
+            AuthFailure::Malformed => "the token is malformed",
+            AuthFailure::BadSignature => "the token signature is invalid",
+            AuthFailure::Expired => "the token has expired",
+            AuthFailure::NotYetValid => "the token is not valid yet",
+            AuthFailure::WrongIssuer => "the token does not have a valid issuer",
+            AuthFailure::WrongAudience => "the token does not have a valid audience",
+            AuthFailure::WrongTokenUse => "the token is not of the expected type",
+            AuthFailure::DisallowedAlg => "the token signing method is not allowed",
+            AuthFailure::UnknownKid => "the token signing key is unknown",
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             AuthFailure::Missing => "missing_token",
@@ -52,7 +69,14 @@ impl AuthFailure {
     }
 }
 
-pub use crate::config::ScopeFailureStatus;
+pub use crate::config::{Compat, ScopeFailureStatus};
+
+/// `x-amzn-ErrorType` of an `aws-rest` answer.
+pub const X_AMZN_ERROR_TYPE: HeaderName = HeaderName::from_static("x-amzn-errortype");
+/// The request id under its `aws-rest` name, on every answer.
+pub const X_AMZN_REQUEST_ID: HeaderName = HeaderName::from_static("x-amzn-requestid");
+/// The request id under its `aws-http` name, on every answer.
+pub const APIGW_REQUEST_ID: HeaderName = HeaderName::from_static("apigw-requestid");
 
 /// A request the gateway answers itself instead of forwarding.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,6 +98,7 @@ pub enum Reject {
 pub type Body = http_body_util::Either<crate::pool::UpstreamBody, Full<Bytes>>;
 
 const UNAUTHORIZED: &str = r#"{"message":"Unauthorized"}"#;
+const MISSING_AUTHENTICATION_TOKEN: &str = r#"{"message":"Missing Authentication Token"}"#;
 
 impl Reject {
     /// The failure reason for logs and metrics.
@@ -151,6 +176,73 @@ impl Reject {
             | Reject::GatewayTimeout => {}
         }
         resp
+    }
+}
+
+impl Reject {
+    /// The answer under `server.compat`: `none` is [`Reject::into_response`]; the AWS modes
+    /// change the answers API Gateway writes differently (refused tokens and scopes, unmatched
+    /// routes) and keep the others. The request id header each mode owes is added by the caller
+    /// to every response, refused or not.
+    pub fn into_compat_response(self, compat: Compat) -> Response<Body> {
+        match compat {
+            Compat::None => self.into_response(),
+            Compat::AwsRest => self.into_aws_rest_response(),
+            Compat::AwsHttp => self.into_aws_http_response(),
+        }
+    }
+
+    /// REST API with a Cognito user pool authorizer: every refused token or scope is
+    /// `401 Unauthorized` (whatever `auth.scope_failure_status` says), an unmatched method or
+    /// resource is `403 Missing Authentication Token`; each names its `x-amzn-ErrorType`.
+    fn into_aws_rest_response(self) -> Response<Body> {
+        let (status, body, error_type) = match self {
+            Reject::Unauthorized(_) | Reject::InsufficientScope(_) => {
+                (StatusCode::UNAUTHORIZED, UNAUTHORIZED, "UnauthorizedException")
+            }
+            Reject::NotFound | Reject::MethodNotAllowed { .. } => {
+                (StatusCode::FORBIDDEN, MISSING_AUTHENTICATION_TOKEN, "MissingAuthenticationTokenException")
+            }
+            Reject::BadRequest
+            | Reject::HeaderTooLarge
+            | Reject::KeysUnavailable
+            | Reject::BadGateway
+            | Reject::GatewayTimeout => return self.into_response(),
+        };
+        let mut resp =
+            json_response(status, &HeaderValue::from_static("application/json"), Bytes::from_static(body.as_bytes()));
+        resp.headers_mut().insert(X_AMZN_ERROR_TYPE, HeaderValue::from_static(error_type));
+        resp
+    }
+
+    /// HTTP API with a JWT authorizer: a refused token is `401 Unauthorized` with a
+    /// `www-authenticate` that says why in generic words, a missing scope is `403 Forbidden`
+    /// (whatever `auth.scope_failure_status` says), an unmatched route `404 Not Found`.
+    fn into_aws_http_response(self) -> Response<Body> {
+        let json = HeaderValue::from_static("application/json");
+        match self {
+            Reject::Unauthorized(f) => {
+                let mut resp =
+                    json_response(StatusCode::UNAUTHORIZED, &json, Bytes::from_static(UNAUTHORIZED.as_bytes()));
+                let www =
+                    format!(r#"Bearer scope="" error="invalid_token" error_description="{}""#, f.aws_description());
+                if let Ok(v) = HeaderValue::from_str(&www) {
+                    resp.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+                }
+                resp
+            }
+            Reject::InsufficientScope(_) => {
+                json_response(StatusCode::FORBIDDEN, &json, Bytes::from_static(br#"{"message":"Forbidden"}"#))
+            }
+            Reject::NotFound | Reject::MethodNotAllowed { .. } => {
+                json_response(StatusCode::NOT_FOUND, &json, Bytes::from_static(br#"{"message":"Not Found"}"#))
+            }
+            Reject::BadRequest
+            | Reject::HeaderTooLarge
+            | Reject::KeysUnavailable
+            | Reject::BadGateway
+            | Reject::GatewayTimeout => self.into_response(),
+        }
     }
 }
 
@@ -281,6 +373,67 @@ mod tests {
             let got = parts(Reject::Unauthorized(f)).await;
             assert_eq!((got.0, got.1.as_str()), (401, UNAUTHORIZED));
             assert_eq!(got.2.as_deref(), Some(r#"Bearer error="invalid_token""#));
+        }
+    }
+
+    #[tokio::test]
+    async fn compat_modes_change_only_their_answers() {
+        let all = [
+            Reject::BadRequest,
+            Reject::NotFound,
+            Reject::MethodNotAllowed { allow: HeaderValue::from_static("GET") },
+            Reject::HeaderTooLarge,
+            Reject::Unauthorized(AuthFailure::Expired),
+            Reject::InsufficientScope(ScopeFailureStatus::Forbidden),
+            Reject::InsufficientScope(ScopeFailureStatus::Unauthorized),
+            Reject::KeysUnavailable,
+            Reject::BadGateway,
+            Reject::GatewayTimeout,
+        ];
+        for r in all {
+            let none = r.clone().into_compat_response(Compat::None);
+            let own = r.clone().into_response();
+            assert_eq!((none.status(), none.headers()), (own.status(), own.headers()), "{r:?}");
+            let rest = r.clone().into_compat_response(Compat::AwsRest);
+            let http = r.clone().into_compat_response(Compat::AwsHttp);
+            let rest_type = rest.headers().get("x-amzn-errortype").map(|v| v.to_str().unwrap().to_owned());
+            let http_www = http.headers().get("www-authenticate").map(|v| v.to_str().unwrap().to_owned());
+            match &r {
+                Reject::Unauthorized(_) => {
+                    assert_eq!(
+                        (rest.status(), rest_type.as_deref()),
+                        (StatusCode::UNAUTHORIZED, Some("UnauthorizedException"))
+                    );
+                    assert_eq!(http.status(), StatusCode::UNAUTHORIZED);
+                    assert_eq!(
+                        http_www.as_deref(),
+                        Some(r#"Bearer scope="" error="invalid_token" error_description="the token has expired""#)
+                    );
+                }
+                Reject::InsufficientScope(_) => {
+                    assert_eq!(
+                        (rest.status(), rest_type.as_deref()),
+                        (StatusCode::UNAUTHORIZED, Some("UnauthorizedException"))
+                    );
+                    assert_eq!((http.status(), http_www), (StatusCode::FORBIDDEN, None));
+                }
+                Reject::NotFound | Reject::MethodNotAllowed { .. } => {
+                    assert_eq!(
+                        (rest.status(), rest_type.as_deref()),
+                        (StatusCode::FORBIDDEN, Some("MissingAuthenticationTokenException"))
+                    );
+                    assert_eq!((http.status(), http.headers().get("allow")), (StatusCode::NOT_FOUND, None));
+                }
+                _ => {
+                    for resp in [rest, http] {
+                        assert_eq!((resp.status(), resp.headers()), (own.status(), own.headers()), "{r:?}");
+                    }
+                }
+            }
+        }
+        for f in AuthFailure::ALL {
+            // Fixed text: a valid header value, no quote to break out of the parameter.
+            assert!(!f.aws_description().contains('"') && HeaderValue::from_str(f.aws_description()).is_ok());
         }
     }
 

@@ -8,6 +8,7 @@
 pub(crate) mod admin;
 pub mod auth;
 pub mod check;
+pub mod compat;
 pub mod config;
 pub mod error;
 #[doc(hidden)]

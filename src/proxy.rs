@@ -18,10 +18,10 @@ use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use tokio::sync::OwnedSemaphorePermit;
 
-use crate::auth::verify::{bounded, Principal, TokenInfo};
+use crate::auth::verify::{bounded, Principal, TokenInfo, TokenUse};
 use crate::auth::{extract, scope};
-use crate::config::{MockResponse, RouteAuth};
-use crate::error::{json_response, Body, Reject};
+use crate::config::{Compat, MockResponse, RouteAuth};
+use crate::error::{json_response, AuthFailure, Body, Reject, APIGW_REQUEST_ID, X_AMZN_REQUEST_ID};
 use crate::issuer::{BuiltinIssuer, Endpoint};
 use crate::metrics::{method_label, Metrics};
 use crate::route::{self, Match, Target};
@@ -140,10 +140,20 @@ pub async fn handle(
             if matches!(reject, Reject::Unauthorized(_) | Reject::InsufficientScope(_)) {
                 shared.metrics.auth_failures.with_label_values(&[access.reason]).inc();
             }
-            reject.into_response()
+            reject.into_compat_response(snap.config.server.compat)
         }
     };
-    resp.headers_mut().insert(X_REQUEST_ID, request_id.clone());
+    let h = resp.headers_mut();
+    h.insert(X_REQUEST_ID, request_id.clone());
+    match snap.config.server.compat {
+        Compat::None => {}
+        Compat::AwsRest => {
+            h.insert(X_AMZN_REQUEST_ID, request_id.clone());
+        }
+        Compat::AwsHttp => {
+            h.insert(APIGW_REQUEST_ID, request_id.clone());
+        }
+    }
     let elapsed = start.elapsed();
     let route_label = if access.route.is_empty() { "none" } else { access.route };
     let m = &shared.metrics;
@@ -263,6 +273,9 @@ pub async fn decide<'s>(
             let token = extract::bearer(&parts.headers, &cfg.auth.header).map_err(Reject::Unauthorized)?;
             let who = snap.verifier.verify_with(token, &mut access.token).await?;
             access.principal = Some(Arc::clone(&who));
+            if cfg.server.compat == Compat::AwsRest {
+                rest_token_type(any_of.is_empty() && all_of.is_empty(), &who)?;
+            }
             if !scope::allows(any_of, all_of, &who) {
                 return Err(Reject::InsufficientScope(cfg.auth.scope_failure_status));
             }
@@ -284,7 +297,34 @@ pub async fn decide<'s>(
     drop(path);
     parts.uri = uri;
     rewrite_headers(snap, conn, &mut parts.headers, request_id, forwarded_host, principal.as_deref());
+    if !snap.claims_headers.is_empty() {
+        strip_claims_headers(&mut parts.headers, &snap.claims_headers);
+    }
+    if let Some(name) = &route.claims_header {
+        // Always set or removed, never the client's: validation ties the header to a JWT route.
+        match principal.as_deref().and_then(|p| crate::compat::authorizer_header(cfg.server.compat, p)) {
+            Some(v) => parts.headers.insert(name, v),
+            None => parts.headers.remove(name),
+        };
+    }
     Ok(Decision::Forward(upstream))
+}
+
+/// `server.compat = "aws-rest"`: as the REST API's Cognito authorizer, a route without scopes
+/// takes an ID token (`token_use = id`, with an `aud` naming one of the issuer's audiences), a
+/// route with scopes an access token (`token_use = access`).
+fn rest_token_type(no_scopes: bool, who: &Principal) -> Result<(), Reject> {
+    if no_scopes {
+        if who.token_use != TokenUse::Id {
+            return Err(Reject::Unauthorized(AuthFailure::WrongTokenUse));
+        }
+        if !who.aud_matched {
+            return Err(Reject::Unauthorized(AuthFailure::WrongAudience));
+        }
+    } else if who.token_use != TokenUse::Access {
+        return Err(Reject::Unauthorized(AuthFailure::WrongTokenUse));
+    }
+    Ok(())
 }
 
 async fn act(
@@ -352,6 +392,19 @@ fn rewrite_headers(
         for (name, value) in p.identity() {
             h.insert(name, value.clone());
         }
+    }
+}
+
+/// Removes the client's copies of the configured claims headers, `_` read as `-` (as CGI and
+/// WSGI servers read it), so that no client can pass claims off as the gateway's.
+fn strip_claims_headers(h: &mut HeaderMap, names: &[HeaderName]) {
+    let folded = |n: &HeaderName, c: &HeaderName| {
+        let (n, c) = (n.as_str().as_bytes(), c.as_str().as_bytes());
+        n.len() == c.len() && n.iter().zip(c).all(|(&a, &b)| a == b || (a == b'_' && b == b'-'))
+    };
+    let doomed: Vec<HeaderName> = h.keys().filter(|k| names.iter().any(|c| folded(k, c))).cloned().collect();
+    for name in doomed {
+        h.remove(name);
     }
 }
 

@@ -91,6 +91,8 @@ pub struct CompiledRoute {
     pub methods: Methods,
     pub auth: RouteAuth,
     pub target: Target,
+    /// The header that carries the verified claims upstream (`claims_header`).
+    pub claims_header: Option<http::HeaderName>,
 }
 
 /// Where a route sends a request that passed its checks.
@@ -349,6 +351,7 @@ mod tests {
             methods,
             auth: RouteAuth::None,
             action: Action::Upstream("u".to_owned()),
+            claims_header: None,
             at: Pos::default(),
         }
     }

@@ -96,6 +96,9 @@ pub struct Snapshot {
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// The settings a reload cannot apply, as the process started with them.
     pub start_only: StartOnly,
+    /// Every route's `claims_header`: removed from every forwarded request, in any spelling,
+    /// before a route sets its own.
+    pub claims_headers: Box<[http::HeaderName]>,
 }
 
 /// A problem of the config as a whole, found while putting it to work.
@@ -139,7 +142,13 @@ impl Snapshot {
                     None => return Err(unpositioned(&config, format!("upstream {name:?} is not defined"))),
                 },
             };
-            Ok(CompiledRoute { template: r.path.clone(), methods: r.methods.clone(), auth: r.auth.clone(), target })
+            Ok(CompiledRoute {
+                template: r.path.clone(),
+                methods: r.methods.clone(),
+                auth: r.auth.clone(),
+                target,
+                claims_header: r.claims_header.clone(),
+            })
         })?;
         let mut issuers = HashMap::with_capacity(config.auth.issuers.len());
         for i in &config.auth.issuers {
@@ -183,9 +192,16 @@ impl Snapshot {
                 Some(built)
             }
         };
-        let verifier = Verifier::new(issuers, config.auth.leeway, config.auth.cache_entries, Arc::clone(metrics));
+        let verifier = Verifier::new(issuers, config.auth.leeway, config.auth.cache_entries, Arc::clone(metrics))
+            .with_route_token_use(config.server.compat == crate::config::Compat::AwsRest)
+            .with_claims(config.routes.iter().any(|r| r.claims_header.is_some()));
         let start_only = previous.map_or_else(|| StartOnly::of(&config), |p| p.start_only.clone());
-        Ok(Snapshot { config, table, upstreams, verifier, issuer, tls, start_only })
+        let mut claims_headers: Vec<http::HeaderName> =
+            config.routes.iter().filter_map(|r| r.claims_header.clone()).collect();
+        claims_headers.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+        claims_headers.dedup();
+        let claims_headers = claims_headers.into_boxed_slice();
+        Ok(Snapshot { config, table, upstreams, verifier, issuer, tls, start_only, claims_headers })
     }
 
     /// True when every issuer has keys.

@@ -272,6 +272,12 @@ pub fn may_strip(name: &HeaderName) -> bool {
     }
 }
 
+/// True for a header the hygiene removes or the gateway writes itself, in any spelling: no
+/// route may choose it for its own use (`claims_header`).
+pub fn is_managed(name: &HeaderName) -> bool {
+    kind(name).is_some()
+}
+
 /// Request hygiene: hop-by-hop headers, those `Connection` names and those a client could use
 /// to claim an identity, another method or another origin go, whatever the spelling
 /// (`x_auth_sub` like `x-auth-sub`). A WebSocket upgrade keeps what the next hop needs, so

@@ -46,6 +46,23 @@ pub struct Principal {
     identity: [Option<HeaderValue>; 4],
     /// The key that verified the token (`None` for a principal made by hand).
     key: Option<KeyBinding>,
+    /// The token's `token_use` claim, for the per-route check of `server.compat = "aws-rest"`.
+    pub token_use: TokenUse,
+    /// The token has an `aud` claim naming one of its issuer's audiences (any `aud` when the
+    /// issuer lists none).
+    pub aud_matched: bool,
+    /// The token's decoded claims, kept only when a route sends them upstream (`claims_header`).
+    claims: Option<Bytes>,
+}
+
+/// A token's `token_use` claim.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TokenUse {
+    Access,
+    Id,
+    /// Absent, or another value.
+    #[default]
+    Other,
 }
 
 /// Which key verified a principal's token, and the issuer key-set version at which that key was
@@ -95,7 +112,17 @@ impl Principal {
             *slot = HeaderValue::from_maybe_shared(text.slice(start as usize..end as usize)).ok();
             start = end;
         }
-        Principal { text, ends, scopes: spans.into_boxed_slice(), exp, identity, key: None }
+        Principal {
+            text,
+            ends,
+            scopes: spans.into_boxed_slice(),
+            exp,
+            identity,
+            key: None,
+            token_use: TokenUse::Other,
+            aud_matched: false,
+            claims: None,
+        }
     }
 
     /// Records the key that verified the token, as of key-set `version`.
@@ -124,6 +151,11 @@ impl Principal {
             b.seen.store(version, Ordering::Relaxed);
         }
         live
+    }
+
+    /// The token's claims as JSON, when the verifier keeps them ([`Verifier::with_claims`]).
+    pub fn claims(&self) -> Option<&[u8]> {
+        self.claims.as_deref()
     }
 
     /// The `kid` of the verified token's header, if it had one.
@@ -296,6 +328,11 @@ pub struct Verifier {
     leeway: u64,
     cache: Option<TokenCache>,
     metrics: Arc<Metrics>,
+    /// `server.compat = "aws-rest"`: the route, not the issuer's `token_use`, says which kind
+    /// of token it takes (checked by the request path against [`Principal::token_use`]).
+    route_token_use: bool,
+    /// Some route sends the claims upstream: each principal keeps them.
+    keep_claims: bool,
 }
 
 fn now_secs() -> u64 {
@@ -324,7 +361,23 @@ impl Verifier {
             leeway: leeway.as_secs(),
             cache: (cache_entries > 0).then(|| TokenCache::new(cache_entries)),
             metrics,
+            route_token_use: false,
+            keep_claims: false,
         }
+    }
+
+    /// Keeps each verified token's claims in its principal (a route has `claims_header`).
+    #[must_use]
+    pub fn with_claims(mut self, on: bool) -> Verifier {
+        self.keep_claims = on;
+        self
+    }
+
+    /// Leaves the `token_use` check to each route (`server.compat = "aws-rest"`).
+    #[must_use]
+    pub fn with_route_token_use(mut self, on: bool) -> Verifier {
+        self.route_token_use = on;
+        self
     }
 
     pub fn issuers(&self) -> impl Iterator<Item = &Arc<IssuerKeys>> {
@@ -428,7 +481,7 @@ impl Verifier {
                 return Err(unauthorized(AuthFailure::WrongAudience));
             }
         }
-        if let Some(want) = &cfg.token_use {
+        if let (Some(want), false) = (&cfg.token_use, self.route_token_use) {
             if claims.token_use.as_ref() != Some(want) {
                 return Err(unauthorized(AuthFailure::WrongTokenUse));
             }
@@ -446,7 +499,19 @@ impl Verifier {
             }
             (None, None) => Principal::new(sub, client_id, &cfg.issuer, [], exp),
         };
-        Ok(principal.verified_by(issuer, entry, header.kid.as_deref(), version))
+        let mut principal = principal.verified_by(issuer, entry, header.kid.as_deref(), version);
+        principal.token_use = match claims.token_use.as_deref() {
+            Some("access") => TokenUse::Access,
+            Some("id") => TokenUse::Id,
+            _ => TokenUse::Other,
+        };
+        // Checked above against the audiences when there are any.
+        principal.aud_matched = claims.aud.is_some();
+        if self.keep_claims {
+            // Decoded once more, on this rare path only: `c` decoded above.
+            principal.claims = URL_SAFE_NO_PAD.decode(c).ok().map(Bytes::from);
+        }
+        Ok(principal)
     }
 }
 

@@ -78,6 +78,18 @@ pub struct ServerConfig {
     pub max_connections: usize,
     pub shutdown_grace: Duration,
     pub tls: Option<TlsConfig>,
+    /// Whose answers the gateway imitates (`server.compat`).
+    pub compat: Compat,
+}
+
+/// `server.compat`: answer like scopegate (`none`), like an API Gateway REST API with a Cognito
+/// user pool authorizer (`aws-rest`), or like an HTTP API with a JWT authorizer (`aws-http`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Compat {
+    #[default]
+    None,
+    AwsRest,
+    AwsHttp,
 }
 
 /// `[server.tls]`: PEM files, reloaded when they change.
@@ -202,6 +214,9 @@ pub struct RouteConfig {
     pub methods: Methods,
     pub auth: RouteAuth,
     pub action: Action,
+    /// `claims_header`: the header that carries the verified claims upstream, in the shape of
+    /// `server.compat`.
+    pub claims_header: Option<HeaderName>,
     /// Where the route was written, for overlap errors and warnings.
     pub at: Pos,
 }

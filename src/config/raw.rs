@@ -203,6 +203,9 @@ pub(super) struct RawServer {
     /// Terminate TLS on the data-plane listener.
     #[schemars(with = "Option<RawTls>")]
     pub(super) tls: Option<Spanned<RawTls>>,
+    /// Answer like AWS API Gateway: "aws-rest" (REST API + Cognito authorizer), "aws-http" (HTTP API + JWT authorizer) or "none". Default "none".
+    #[schemars(with = "Option<Str>")]
+    pub(super) compat: Option<Spanned<Str>>,
 }
 
 #[derive(Deserialize, JsonSchema)]
@@ -322,6 +325,9 @@ pub(super) struct RawRoute {
     /// A mock answer instead of an upstream.
     #[schemars(with = "Option<RawMock>")]
     pub(super) response: Option<Spanned<RawMock>>,
+    /// Send the verified token's claims upstream in this header, as the JSON of API Gateway's requestContext.authorizer (needs server.compat "aws-rest" or "aws-http").
+    #[schemars(with = "Option<Str>")]
+    pub(super) claims_header: Option<Spanned<Str>>,
 }
 
 #[derive(Deserialize, JsonSchema)]

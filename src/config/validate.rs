@@ -14,7 +14,7 @@ use toml::Spanned;
 
 use super::diag::{Diags, Span};
 use super::model::{
-    Action, AuthConfig, BuiltinIssuerConfig, ClientConfig, ClientSecret, Config, IssuerConfig, KeyCacheConfig,
+    Action, AuthConfig, BuiltinIssuerConfig, ClientConfig, ClientSecret, Compat, Config, IssuerConfig, KeyCacheConfig,
     KeySource, LogFormat, Methods, MockResponse, RouteAuth, RouteConfig, ScopeFailureStatus, ServerConfig, TlsConfig,
     UpstreamConfig, DEFAULT_LISTEN,
 };
@@ -42,7 +42,7 @@ pub(super) fn validate(raw: RawConfig, path: &Path, base: &Path, d: &mut Diags<'
     }
     let mut routes = Vec::new();
     for r in raw.routes {
-        if let Some(r) = validate_route(r, &upstreams, d) {
+        if let Some(r) = validate_route(r, &upstreams, server.as_ref().map(|s| s.compat), d) {
             routes.push(r);
         }
     }
@@ -168,6 +168,18 @@ fn validate_server(s: RawServer, base: &Path, d: &mut Diags<'_>) -> Option<Serve
             Duration::ZERO
         }
     };
+    let compat = match s.compat {
+        None => Compat::None,
+        Some(c) => match c.get_ref().0.as_str() {
+            "none" => Compat::None,
+            "aws-rest" => Compat::AwsRest,
+            "aws-http" => Compat::AwsHttp,
+            other => {
+                d.at(&c.span(), format!("server.compat must be \"aws-rest\", \"aws-http\" or \"none\", not {other:?}"));
+                Compat::None
+            }
+        },
+    };
     let tls = match s.tls {
         None => None,
         Some(t) => {
@@ -189,6 +201,7 @@ fn validate_server(s: RawServer, base: &Path, d: &mut Diags<'_>) -> Option<Serve
         max_header_bytes: max_header_bytes?,
         max_connections: max_connections?,
         shutdown_grace: s.shutdown_grace.map_or(Duration::from_secs(20), |v| v.0),
+        compat,
     })
 }
 
@@ -389,7 +402,16 @@ fn validate_upstream(name: String, u: Spanned<RawUpstream>, base: &Path, d: &mut
     })
 }
 
-fn validate_route(r: Spanned<RawRoute>, upstreams: &[UpstreamConfig], d: &mut Diags<'_>) -> Option<RouteConfig> {
+/// Headers a `claims_header` may not be, besides those the hygiene manages.
+const RESERVED_FOR_CLAIMS: [&str; 6] =
+    ["host", "content-length", "content-type", "authorization", "cookie", "x-request-id"];
+
+fn validate_route(
+    r: Spanned<RawRoute>,
+    upstreams: &[UpstreamConfig],
+    compat: Option<Compat>,
+    d: &mut Diags<'_>,
+) -> Option<RouteConfig> {
     let span = r.span();
     let r = r.into_inner();
     let before = d.count();
@@ -475,9 +497,28 @@ fn validate_route(r: Spanned<RawRoute>, upstreams: &[UpstreamConfig], d: &mut Di
         }
         (None, Some(m)) => validate_mock(m, d).map(Action::Mock),
     };
+    let claims_header = match r.claims_header {
+        None => None,
+        Some(h) => {
+            let name = &h.get_ref().0;
+            if compat == Some(Compat::None) {
+                d.at(&h.span(), "claims_header needs server.compat = \"aws-rest\" or \"aws-http\" (it gives the claims their shape)");
+            }
+            if auth == RouteAuth::None {
+                d.at(&h.span(), "claims_header needs a route with auth = \"jwt\" (there are no claims otherwise)");
+            }
+            match HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes()) {
+                Ok(n) if !crate::upstream::is_managed(&n) && !RESERVED_FOR_CLAIMS.contains(&n.as_str()) => Some(n),
+                _ => {
+                    d.at(&h.span(), format!("claims_header {name:?} is not a header name the gateway may set"));
+                    None
+                }
+            }
+        }
+    };
     let action = action?;
     let at = d.pos(&span);
-    d.clean_since(before).then_some(RouteConfig { path, segments, methods, auth, action, at })
+    d.clean_since(before).then_some(RouteConfig { path, segments, methods, auth, action, claims_header, at })
 }
 
 fn validate_mock(m: Spanned<RawMock>, d: &mut Diags<'_>) -> Option<MockResponse> {

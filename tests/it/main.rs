@@ -10,6 +10,7 @@
 mod common;
 
 mod auth;
+mod compat;
 mod config;
 mod decision_log;
 mod docs;
