@@ -24,7 +24,7 @@ enum Answer {
     Hang,
     /// A 302 to `location`.
     Redirect(String),
-    /// Alternates between the keys and a 503 every 100 ms.
+    /// The keys or a 503, changing (pseudo-randomly) every 100 ms.
     Flap(Value, Instant),
 }
 
@@ -65,7 +65,11 @@ impl Idp {
                             r
                         }
                         Answer::Flap(doc, since) => {
-                            if (since.elapsed().as_millis() / 100) % 2 == 0 {
+                            // Up or down for each 100 ms slot, pseudo-randomly: a strict
+                            // alternation would alias with a refresh period that is a whole
+                            // number of seconds and show the refresher one phase only.
+                            let slot = u64::try_from(since.elapsed().as_millis() / 100).unwrap_or(0);
+                            if (slot.wrapping_add(1).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 63) == 0 {
                                 response(200, "application/json", doc.to_string())
                             } else {
                                 response(503, "application/json", r#"{"error":"flap"}"#)
@@ -295,32 +299,37 @@ async fn keys_rotating_every_second_are_picked_up_by_kid_miss_refetches() {
     let start = Instant::now();
     let stop = Arc::new(AtomicBool::new(false));
 
-    // The IdP publishes key k at k seconds, with the two before it.
+    // The IdP publishes key k at k seconds, with the two before it; `published[k]` is when
+    // key k went out (key 0 at start).
+    let published = Arc::new(Mutex::new(vec![Instant::now()]));
     let publisher = {
         let keys = Arc::clone(&keys);
+        let published = Arc::clone(&published);
         tokio::spawn(async move {
             for k in 1..=ROTATIONS {
                 tokio::time::sleep_until(start + STEP * k as u32).await;
                 jwks.set_keys(keys[k.saturating_sub(2)..=k].iter().map(TestKey::jwk).collect());
+                published.lock().unwrap().push(Instant::now());
             }
             jwks
         })
     };
-    // Clients use every key published at least ADOPT ago and among the last three.
+    // Clients use the last three keys published, each once it has been out for ADOPT.
     let mut clients = Vec::new();
     for c in 0..3 {
         let keys = Arc::clone(&keys);
         let stop = Arc::clone(&stop);
+        let published = Arc::clone(&published);
         let addr = gw.addr;
         clients.push(tokio::spawn(async move {
             let mut failures = Vec::new();
             let mut sent = 0usize;
             while !stop.load(Ordering::Relaxed) {
-                let t = start.elapsed();
-                let newest = usize::try_from(t.saturating_sub(ADOPT).as_millis() / STEP.as_millis()).unwrap_or(0);
-                let newest = newest.min(ROTATIONS);
-                let published = usize::try_from(t.as_millis() / STEP.as_millis()).unwrap_or(0).min(ROTATIONS);
-                for k in published.saturating_sub(2)..=newest {
+                let times = published.lock().unwrap().clone();
+                let newest = times.len() - 1;
+                let in_use: Vec<usize> =
+                    (newest.saturating_sub(2)..=newest).filter(|&k| k == 0 || times[k].elapsed() >= ADOPT).collect();
+                for k in in_use {
                     let token = keys[k].sign(&claims(ISS, &format!("client-{c}"), "api/read"));
                     let resp = send_to(addr, "GET", "/r", &[("authorization", &format!("Bearer {token}"))], "").await;
                     sent += 1;
