@@ -16,6 +16,7 @@
 
 use std::convert::Infallible;
 use std::fmt::Display;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -190,7 +191,7 @@ where
             Box::pin(async move {
                 let resp = handled.await?;
                 // In flight until the response body is sent (or dropped), not just its head.
-                Ok::<_, Infallible>(resp.map(|body| Tracked { body, _in_flight: in_flight }))
+                Ok::<_, Infallible>(resp.map(|body| Tracked::new(body, in_flight, limits.idle)))
             })
         })
     };
@@ -298,21 +299,64 @@ impl Drop for InFlight {
     }
 }
 
-/// A response body that keeps its request counted as in flight.
+/// A response body that keeps its request counted as in flight, and that gives up when its
+/// source (the upstream) sends nothing for `idle_timeout` while the gateway waits for it: the
+/// head is already out, so the only honest end is an aborted body (HTTP/1.1: the connection
+/// closes before the promised length or the last chunk; HTTP/2: the stream is reset). Time
+/// spent waiting for the client to take bytes does not count: the body is not polled then.
 struct Tracked {
     body: Body,
     _in_flight: InFlight,
+    idle: Duration,
+    /// Armed on the first wait for a frame, re-armed after every frame.
+    stall: Option<Pin<Box<tokio::time::Sleep>>>,
+    progressed: bool,
 }
+
+impl Tracked {
+    fn new(body: Body, in_flight: InFlight, idle: Duration) -> Tracked {
+        Tracked { body, _in_flight: in_flight, idle, stall: None, progressed: false }
+    }
+}
+
+/// The error that aborts a response body stalled for `idle_timeout`.
+#[derive(Debug)]
+struct BodyStalled(Duration);
+
+impl Display for BodyStalled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "no response body bytes from the upstream for {:?} (idle_timeout)", self.0)
+    }
+}
+
+impl std::error::Error for BodyStalled {}
 
 impl HttpBody for Tracked {
     type Data = <Body as HttpBody>::Data;
-    type Error = <Body as HttpBody>::Error;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        Pin::new(&mut self.body).poll_frame(cx)
+        let this = &mut *self;
+        if let Poll::Ready(frame) = Pin::new(&mut this.body).poll_frame(cx) {
+            this.progressed = true;
+            return Poll::Ready(frame);
+        }
+        match &mut this.stall {
+            None => this.stall = Some(Box::pin(tokio::time::sleep(this.idle))),
+            Some(stall) if this.progressed => stall.as_mut().reset(Instant::now() + this.idle),
+            Some(_) => {}
+        }
+        this.progressed = false;
+        match this.stall.as_mut().map(|s| s.as_mut().poll(cx)) {
+            Some(Poll::Ready(())) => {
+                tracing::warn!(idle_timeout = ?this.idle, "response body stalled upstream; aborting it");
+                Poll::Ready(Some(Err(Box::new(BodyStalled(this.idle)))))
+            }
+            _ => Poll::Pending,
+        }
     }
 
     fn is_end_stream(&self) -> bool {

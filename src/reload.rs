@@ -25,7 +25,7 @@ use notify::{EventKind, RecursiveMode, Watcher};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
-use crate::config::{Config, ConfigError, KeySource};
+use crate::config::{Config, ConfigError, Diag, KeySource};
 use crate::metrics::Metrics;
 use crate::snapshot::{Snapshot, StartOnly};
 use crate::state::Shared;
@@ -61,6 +61,16 @@ pub async fn reload(shared: &Shared) -> Result<(), ConfigError> {
 }
 
 async fn try_reload(shared: &Shared) -> Result<(), ConfigError> {
+    // An empty file is a valid config (every setting at its default, no routes), but as a
+    // reload it is a write caught half-way or a mistake, and it would drop every route: it is
+    // refused like a file that cannot be read, and the running config stays.
+    if std::fs::read(&shared.config_path).is_ok_and(|b| b.trim_ascii().is_empty()) {
+        return Err(ConfigError(vec![Diag {
+            file: shared.config_path.clone(),
+            pos: None,
+            message: "the file is empty".to_owned(),
+        }]));
+    }
     let config = Config::load(&shared.config_path)?;
     let old = shared.snapshot.load_full();
     let new = shared.build(config, Some(&old))?;

@@ -617,6 +617,11 @@ async fn refresh_loop(weak: Weak<IssuerKeys>, kick: Arc<Notify>, client: FetchCl
                 }
                 Err(error) => {
                     metrics.jwks_refreshes.with_label_values(&[&this.config.issuer, "error"]).inc();
+                    // Also before any fetch succeeded: an issuer without keys shows 0, not nothing.
+                    metrics
+                        .jwks_keys
+                        .with_label_values(&[&this.config.issuer])
+                        .set(this.keys().map_or(0, |k| i64::try_from(k.len()).unwrap_or(i64::MAX)));
                     tracing::warn!(issuer = %this.config.issuer, %error, have_keys = this.has_keys(), "jwks fetch failed; keeping the last good keys");
                     if let Some(cache) = &this.cache {
                         if !cache_tried && !this.has_keys() {
