@@ -676,11 +676,11 @@ class Soak:
         return not self.stop.is_set()
 
     async def timed(self, kind: str, expected: set[str], coro_fn, fast: bool = False,
-                    client: Client | None = None) -> str:
+                    client: Client | None = None, timeout: float = CLIENT_TIMEOUT_S) -> str:
         assert expected == EXPECTED[kind], kind
         t = time.perf_counter()
         try:
-            outcome = await asyncio.wait_for(coro_fn(), CLIENT_TIMEOUT_S)
+            outcome = await asyncio.wait_for(coro_fn(), timeout)
         except Truncated:
             outcome = "truncated"
         except asyncio.TimeoutError:
@@ -798,12 +798,15 @@ class Soak:
             await asyncio.sleep(rnd.uniform(0.0, 0.2))
         c.close()
 
-    async def ws_worker(self, wid: int) -> None:
+    async def ws_worker(self, wid: int, long: bool = False) -> None:
+        """Short tunnels (3-20 echoes, up to 0.15 s apart), or long ones (20-40 echoes a second
+        apart: they outlive several config reloads and the key of the token they opened with)."""
         rnd = random.Random(300 + wid)
         while self.running():
-            with_token = rnd.random() < 0.85
+            with_token = long or rnd.random() < 0.85
             tok = rnd.choice(rnd.choice(self.ring.usable()).valid)
-            rounds = rnd.randint(3, 20)
+            rounds = rnd.randint(20, 40) if long else rnd.randint(3, 20)
+            pause = (0.8, 1.2) if long else (0.0, 0.15)
 
             async def tunnel() -> str:
                 reader, writer = await asyncio.open_connection(HOST, self.ports["gw"], limit=1 << 20)
@@ -829,7 +832,9 @@ class Soak:
                         op, data = await ws_read(reader)
                         if op != 2 or data != msg:
                             return "101-echo-mismatch"
-                        await asyncio.sleep(rnd.uniform(0.0, 0.15))
+                        if not self.running():
+                            break
+                        await asyncio.sleep(rnd.uniform(*pause))
                     writer.write(ws_frame(8, struct.pack("!H", 1000), mask=True))
                     await writer.drain()
                     op, _ = await ws_read(reader)
@@ -837,8 +842,8 @@ class Soak:
                 finally:
                     abort(writer)
 
-            await self.timed("websocket" if with_token else "websocket:no-token",
-                             {"101"} if with_token else {"401"}, tunnel)
+            kind = "websocket:long" if long else "websocket" if with_token else "websocket:no-token"
+            await self.timed(kind, EXPECTED[kind], tunnel, timeout=CLIENT_TIMEOUT_S + 1.2 * rounds)
             await asyncio.sleep(rnd.uniform(0.0, 0.3))
 
     async def token_worker(self) -> None:
@@ -988,6 +993,7 @@ class Soak:
         tasks += [asyncio.create_task(self.fault_worker(i)) for i in range(2)]
         tasks += [asyncio.create_task(self.stream_worker(i)) for i in range(2)]
         tasks += [asyncio.create_task(self.ws_worker(i)) for i in range(3)]
+        tasks += [asyncio.create_task(self.ws_worker(10 + i, long=True)) for i in range(2)]
         tasks += [asyncio.create_task(self.token_worker())]
         bg = [asyncio.create_task(f()) for f in (self.rotator, self.reloader, self.sampler)]
         log(f"running {self.args.minutes:g} min of mixed traffic")
@@ -1079,7 +1085,7 @@ EXPECTED = {
     "fault:reset": {"502"}, "fault:midhead": {"502"}, "fault:stall": {"504"},
     "fault:midbody": {"truncated", "502"},
     "stream:upload": {"200"}, "stream:download": {"200"},
-    "websocket": {"101"}, "websocket:no-token": {"401"},
+    "websocket": {"101"}, "websocket:long": {"101"}, "websocket:no-token": {"401"},
     "issuer:token": {"200"}, "issuer:wrong-secret": {"401"}, "issuer:token-use": {"200"},
 }
 
@@ -1107,6 +1113,7 @@ DESCRIBE = {
     "stream:upload": "chunked upload 16 KiB-1 MiB, echoed digest checked",
     "stream:download": "chunked download 64 KiB-4 MiB, content checked",
     "websocket": "tunnel, 3-20 binary echoes checked, close handshake",
+    "websocket:long": "tunnel open 20-40 s, an echo a second, across reloads and key rotations",
     "websocket:no-token": "upgrade without a token",
     "issuer:token": "POST /oauth2/token (Basic or form secret)",
     "issuer:wrong-secret": "POST /oauth2/token, wrong secret",
