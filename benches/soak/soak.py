@@ -596,7 +596,7 @@ class Soak:
         self.tmp = tmp
         self.binary = binary
         self.duration = args.minutes * 60
-        self.stop = asyncio.Event()
+        self.stop: asyncio.Event  # made in run(), inside the event loop
         self.ports = {k: bench.free_port() for k in ("gw", "admin", "jwks", "app", "flaky")}
         self.ring = KeyRing(settle_s=JWKS_REFRESH_S + 3, iss=ISSUER, name="http")
         # a jwks_file is reloaded within about a second of a change
@@ -691,6 +691,8 @@ class Soak:
             outcome = "reset"
         except OSError as e:
             outcome = f"oserror:{e.errno}"
+        except Exception as e:  # an answer the client could not parse: unexpected too
+            outcome = f"error:{type(e).__name__}"
         lat = time.perf_counter() - t
         if client is not None and not outcome[:1].isdigit():
             client.close()
@@ -986,6 +988,7 @@ class Soak:
     # ---- main ---------------------------------------------------------------------------
 
     async def run(self) -> dict:
+        self.stop = asyncio.Event()
         await self.start()
         self.t0 = time.monotonic()
         self.stats = Stats(self.t0)
@@ -1000,6 +1003,11 @@ class Soak:
         await self.sleep(self.duration)
         self.stop.set()
         await asyncio.wait(tasks + bg, timeout=CLIENT_TIMEOUT_S + 5)
+        # a client or background task that died stopped doing its part: the run does not count
+        driver_errors = [repr(t.exception()) for t in tasks + bg
+                         if t.done() and not t.cancelled() and t.exception() is not None]
+        for e in driver_errors:
+            log(f"driver task failed: {e}")
         for t in tasks + bg:
             t.cancel()
         alive = self.procs.items[0][1].poll() is None
@@ -1014,7 +1022,7 @@ class Soak:
         metrics = await self.metrics()
         for s in self.servers:
             s.close()
-        return {"alive": alive, "final_gen": final_gen, "metrics": metrics}
+        return {"alive": alive, "final_gen": final_gen, "metrics": metrics, "driver_errors": driver_errors}
 
 
 def ms(v: float | None) -> float | None:
@@ -1061,7 +1069,8 @@ def evaluate(soak: Soak, end: dict) -> dict:
     ratio = (p99b / p99a) if p99a and p99b else None
     add("p99 last half / p99 first half after warm-up", None if ratio is None else round(ratio, 2),
         "<= 2.0", ratio is not None and ratio <= 2.0)
-    add("gateway alive at the end", end["alive"], "true", end["alive"])
+    add("gateway alive at the end", "yes" if end["alive"] else "no", "yes", end["alive"])
+    add("driver tasks failed", len(end["driver_errors"]), "0", not end["driver_errors"])
     reload_err = end["metrics"].get('scopegate_config_reloads_total{result="error"}', 0)
     add("last config written is served", f"gen {end['final_gen']} of {soak.gen}", f"gen {soak.gen}",
         end["final_gen"] == soak.gen)
@@ -1251,7 +1260,7 @@ def main() -> int:
         "reload_generations_seen_by_probe": len(soak.probe_gens),
         "gateway_metrics": end["metrics"], "gateway_log_lines": log_tail.count("\n"),
         "evaluation": ev, "outcomes": dict(sorted(soak.stats.counts.items())),
-        "unexpected_samples": soak.stats.unexpected, "windows": soak.windows, "samples": soak.samples,
+        "unexpected_samples": soak.stats.unexpected, "driver_errors": end["driver_errors"], "windows": soak.windows, "samples": soak.samples,
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "last-run.json").write_text(json.dumps(result, indent=1) + "\n")
