@@ -30,6 +30,7 @@ import base64
 import csv
 import hashlib
 import json
+import math
 import os
 import platform
 import random
@@ -42,7 +43,6 @@ import sys
 import tempfile
 import time
 import uuid
-from array import array
 from pathlib import Path
 
 from cryptography.hazmat.primitives import hashes
@@ -572,8 +572,9 @@ class Stats:
         self.window_lat: list[float] = []
         self.window_n = 0
         self.window_unexpected = 0
-        self.lat_t = array("d")    # when each fast request ended (s since start) ...
-        self.lat_s = array("d")    # ... and its latency (s)
+        # latencies of fast requests per second of the run, as a histogram with buckets 1% wide:
+        # pooled percentiles over any span, in memory that does not grow with the request rate
+        self.hist: dict[int, dict[int, int]] = {}
 
     def record(self, kind: str, outcome: str, expected: set[str], latency: float | None, fast: bool) -> None:
         c = self.counts.setdefault(kind, {})
@@ -586,8 +587,39 @@ class Stats:
                                         "outcome": outcome, "expected": sorted(expected)})
         if fast and latency is not None:
             self.window_lat.append(latency)
-            self.lat_t.append(time.monotonic() - self.t0)
-            self.lat_s.append(latency)
+            h = self.hist.setdefault(int(time.monotonic() - self.t0), {})
+            b = lat_bucket(latency)
+            h[b] = h.get(b, 0) + 1
+
+    def pooled_pct(self, t_from: float, t_to: float, p: float) -> float | None:
+        """The p-th percentile of the fast requests that ended in [t_from, t_to), to 1%."""
+        merged: dict[int, int] = {}
+        for sec, h in self.hist.items():
+            if t_from <= sec < t_to:
+                for b, n in h.items():
+                    merged[b] = merged.get(b, 0) + n
+        total = sum(merged.values())
+        if not total:
+            return None
+        rank = math.ceil(p / 100 * total)
+        seen = 0
+        for b in sorted(merged):
+            seen += merged[b]
+            if seen >= rank:
+                return lat_bucket_top(b)
+        return None
+
+
+LAT_BASE = 1e-6         # latency histogram: bucket b holds [LAT_BASE * LAT_STEP**b, ... **(b + 1))
+LAT_STEP = 1.01
+
+
+def lat_bucket(seconds: float) -> int:
+    return max(0, int(math.log(max(seconds, LAT_BASE) / LAT_BASE) / math.log(LAT_STEP)))
+
+
+def lat_bucket_top(b: int) -> float:
+    return LAT_BASE * LAT_STEP ** (b + 1)
 
 
 class Soak:
@@ -1063,9 +1095,7 @@ def evaluate(soak: Soak, end: dict) -> dict:
     fd_g = fitted_growth([(s["t"], s["fds"]) for s in last])
     add("RSS growth over the last half (fitted)", pct_str(rss_g), "< 5%", rss_g is not None and rss_g < 0.05)
     add("open fds growth over the last half (fitted)", pct_str(fd_g), "< 5%", fd_g is not None and fd_g < 0.05)
-    first_lat = [x for t, x in zip(stats.lat_t, stats.lat_s) if warm <= t < mid]
-    last_lat = [x for t, x in zip(stats.lat_t, stats.lat_s) if t >= mid]
-    p99a, p99b = pct(first_lat, 99), pct(last_lat, 99)
+    p99a, p99b = stats.pooled_pct(warm, mid, 99), stats.pooled_pct(mid, float("inf"), 99)
     ratio = (p99b / p99a) if p99a and p99b else None
     add("p99 last half / p99 first half after warm-up", None if ratio is None else round(ratio, 2),
         "<= 2.0", ratio is not None and ratio <= 2.0)
