@@ -298,7 +298,7 @@ pub async fn decide<'s>(
     parts.uri = uri;
     rewrite_headers(snap, conn, &mut parts.headers, request_id, forwarded_host, principal.as_deref());
     if !snap.claims_headers.is_empty() {
-        strip_claims_headers(&mut parts.headers, &snap.claims_headers);
+        upstream::strip_named(&mut parts.headers, &snap.claims_headers);
     }
     if let Some(name) = &route.claims_header {
         // Always set or removed, never the client's: validation ties the header to a JWT route.
@@ -392,19 +392,6 @@ fn rewrite_headers(
         for (name, value) in p.identity() {
             h.insert(name, value.clone());
         }
-    }
-}
-
-/// Removes the client's copies of the configured claims headers, `_` read as `-` (as CGI and
-/// WSGI servers read it), so that no client can pass claims off as the gateway's.
-fn strip_claims_headers(h: &mut HeaderMap, names: &[HeaderName]) {
-    let folded = |n: &HeaderName, c: &HeaderName| {
-        let (n, c) = (n.as_str().as_bytes(), c.as_str().as_bytes());
-        n.len() == c.len() && n.iter().zip(c).all(|(&a, &b)| a == b || (a == b'_' && b == b'-'))
-    };
-    let doomed: Vec<HeaderName> = h.keys().filter(|k| names.iter().any(|c| folded(k, c))).cloned().collect();
-    for name in doomed {
-        h.remove(name);
     }
 }
 

@@ -308,6 +308,13 @@ fn remove_where(headers: &mut HeaderMap, doomed: impl Fn(&HeaderName) -> bool) {
     }
 }
 
+/// Removes every header named in `names`, `_` read as `-` (as CGI and WSGI servers read it):
+/// the client's copies of the configured claims headers, so that no client can pass claims off
+/// as the gateway's.
+pub fn strip_named(headers: &mut HeaderMap, names: &[HeaderName]) {
+    remove_where(headers, |k| names.iter().any(|n| eq_folded(k.as_str().as_bytes(), n.as_str().as_bytes())));
+}
+
 /// The header names listed in the `Connection` header, every line of it (a first line
 /// `keep-alive` says nothing about the next ones). `keep-alive` and `close` are connection
 /// options, not names to look for; a token that is not a header name is skipped, and so the

@@ -16,9 +16,7 @@ use std::sync::OnceLock;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use http::{header, HeaderMap, HeaderValue};
-use jsonwebtoken::Algorithm;
 use proptest::prelude::*;
-use scopegate::auth::jwks::KeySet;
 use scopegate::config::Config;
 use scopegate::route::{normalize, Match, Table};
 
@@ -27,6 +25,9 @@ mod paths;
 
 #[path = "../fuzz/shared/config.rs"]
 mod config;
+
+#[path = "../fuzz/shared/jwks.rs"]
+mod jwks;
 
 fn table() -> &'static (Config, Table) {
     static T: OnceLock<(Config, Table)> = OnceLock::new();
@@ -53,44 +54,18 @@ fn path_strategy() -> impl Strategy<Value = String> {
     ]
 }
 
-const ALL_ALGS: [Algorithm; 12] = [
-    Algorithm::HS256,
-    Algorithm::HS384,
-    Algorithm::HS512,
-    Algorithm::ES256,
-    Algorithm::ES384,
-    Algorithm::RS256,
-    Algorithm::RS384,
-    Algorithm::RS512,
-    Algorithm::PS256,
-    Algorithm::PS384,
-    Algorithm::PS512,
-    Algorithm::EdDSA,
-];
-
-/// Real public key material: a P-256 point and an Ed25519 key (the fuzz targets' fixed keys),
-/// and a 2048-bit RSA modulus (any odd number of that size parses).
+/// The shared key material as JWK members: RSA, P-256 and Ed25519.
 fn key_members() -> &'static [serde_json::Map<String, serde_json::Value>; 3] {
-    use aws_lc_rs::signature::{self as sig, EcdsaKeyPair, Ed25519KeyPair, KeyPair};
     use base64::engine::general_purpose::URL_SAFE_NO_PAD;
     static M: OnceLock<[serde_json::Map<String, serde_json::Value>; 3]> = OnceLock::new();
     M.get_or_init(|| {
-        let ec = EcdsaKeyPair::from_pkcs8(
-            &sig::ECDSA_P256_SHA256_FIXED_SIGNING,
-            include_bytes!("../fuzz/keys/es256.pk8.der"),
-        )
-        .expect("P-256 PKCS#8");
-        let ed = Ed25519KeyPair::from_pkcs8_maybe_unchecked(include_bytes!("../fuzz/keys/ed25519.pk8.der"))
-            .expect("Ed25519 PKCS#8");
-        let point = ec.public_key().as_ref();
-        let mut n = vec![0xc5u8; 256];
-        n[255] |= 1;
+        let jwks::Material { ec_point: point, ed25519: ed, rsa_n: n } = jwks::material();
         let obj = |v: serde_json::Value| v.as_object().cloned().expect("object");
         [
             obj(serde_json::json!({"kty": "RSA", "n": URL_SAFE_NO_PAD.encode(&n), "e": "AQAB"})),
             obj(serde_json::json!({"kty": "EC", "crv": "P-256",
                 "x": URL_SAFE_NO_PAD.encode(&point[1..33]), "y": URL_SAFE_NO_PAD.encode(&point[33..])})),
-            obj(serde_json::json!({"kty": "OKP", "crv": "Ed25519", "x": URL_SAFE_NO_PAD.encode(ed.public_key().as_ref())})),
+            obj(serde_json::json!({"kty": "OKP", "crv": "Ed25519", "x": URL_SAFE_NO_PAD.encode(&ed)})),
         ]
     })
 }
@@ -126,21 +101,6 @@ fn jwk_strategy() -> impl Strategy<Value = serde_json::Value> {
             }
             serde_json::Value::Object(m)
         })
-}
-
-fn check_keyset(doc: &[u8], mask: u16) {
-    let allowed: Vec<Algorithm> =
-        ALL_ALGS.iter().enumerate().filter(|(i, _)| mask & (1 << i) != 0).map(|(_, a)| *a).collect();
-    if let Ok(set) = KeySet::parse(doc, &allowed) {
-        assert!(!set.is_empty());
-        for key in set.all() {
-            for a in ALL_ALGS {
-                let ok = allowed.contains(&a) && !matches!(a, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512);
-                assert!(ok || !key.allows(a), "a kept key allows {a:?}, outside {allowed:?}");
-            }
-            assert!(key.algorithms().all(|a| allowed.contains(&a)));
-        }
-    }
 }
 
 /// TOML lines from the config's own vocabulary, so cases get past the TOML parser.
@@ -261,13 +221,13 @@ proptest! {
 
     #[test]
     fn jwks_bytes_never_panic(doc in prop::collection::vec(any::<u8>(), 0..200), mask in any::<u16>()) {
-        check_keyset(&doc, mask);
+        jwks::check_keyset(&doc, &jwks::allowed(mask));
     }
 
     #[test]
     fn jwks_keys_allow_only_allowed_algorithms(keys in prop::collection::vec(jwk_strategy(), 0..4), mask in any::<u16>()) {
         let doc = serde_json::json!({ "keys": keys }).to_string();
-        check_keyset(doc.as_bytes(), mask);
+        jwks::check_keyset(doc.as_bytes(), &jwks::allowed(mask));
     }
 
     #[test]
