@@ -65,7 +65,7 @@ fn pem(label: &str, der: &[u8]) -> String {
 impl SigningKey {
     /// Reads a PKCS#8 PEM RSA (RS256) or EC P-256/P-384 (ES256/ES384) private key.
     pub fn load(path: &Path) -> Result<SigningKey, String> {
-        let text = std::fs::read(path).map_err(|e| e.to_string())?;
+        let text = crate::files::read(path).map_err(|e| e.to_string())?;
         SigningKey::from_pem(&text)
     }
 

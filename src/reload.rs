@@ -64,7 +64,7 @@ async fn try_reload(shared: &Shared) -> Result<(), ConfigError> {
     // An empty file is a valid config (every setting at its default, no routes), but as a
     // reload it is a write caught half-way or a mistake, and it would drop every route: it is
     // refused like a file that cannot be read, and the running config stays.
-    if std::fs::read(&shared.config_path).is_ok_and(|b| b.trim_ascii().is_empty()) {
+    if crate::files::read(&shared.config_path).is_ok_and(|b| b.trim_ascii().is_empty()) {
         return Err(ConfigError(vec![Diag {
             file: shared.config_path.clone(),
             pos: None,
@@ -138,7 +138,7 @@ fn counts(event: &notify::Event, names: &HashSet<OsString>) -> bool {
 }
 
 fn read_all(files: &[PathBuf]) -> HashMap<PathBuf, Option<Vec<u8>>> {
-    files.iter().map(|p| (p.clone(), std::fs::read(p).ok())).collect()
+    files.iter().map(|p| (p.clone(), crate::files::read(p).ok())).collect()
 }
 
 fn parent(p: &Path) -> PathBuf {
@@ -274,7 +274,7 @@ pub async fn watch(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
         files = watched_files(&shared.snapshot.load());
         // Files the new config names for the first time count as seen as of now.
         for f in &files {
-            seen.entry(f.clone()).or_insert_with(|| std::fs::read(f).ok());
+            seen.entry(f.clone()).or_insert_with(|| crate::files::read(f).ok());
         }
     }
 }

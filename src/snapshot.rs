@@ -63,7 +63,7 @@ pub(crate) fn compile(config: &Config) -> Result<Compiled, ConfigError> {
     // for them could never verify a token.
     for i in &config.auth.issuers {
         if let KeySource::File(path) = &i.source {
-            let parsed = std::fs::read(path)
+            let parsed = crate::files::read_limited(path, crate::auth::jwks::MAX_DOCUMENT as u64)
                 .map_err(|e| e.to_string())
                 .and_then(|bytes| KeySet::parse(&bytes, &i.algorithms).map_err(|e| e.to_string()));
             if let Err(e) = parsed {

@@ -15,13 +15,14 @@ use crate::config::TlsConfig;
 /// Builds the rustls server config from PEM files: TLS 1.2 and 1.3 with rustls' modern cipher
 /// suites (aws-lc-rs), ALPN h2 then http/1.1.
 pub fn tls_config(t: &TlsConfig) -> Result<Arc<rustls::ServerConfig>, String> {
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&t.cert)
-        .and_then(|it| it.collect::<Result<_, _>>())
-        .map_err(|e| format!("tls cert {}: {e}", t.cert.display()))?;
+    let certs = read_certs(&t.cert).map_err(|e| format!("tls cert {}: {e}", t.cert.display()))?;
     if certs.is_empty() {
         return Err(format!("tls cert {}: no certificate in the file", t.cert.display()));
     }
-    let key = PrivateKeyDer::from_pem_file(&t.key).map_err(|e| format!("tls key {}: {e}", t.key.display()))?;
+    let key = crate::files::read(&t.key)
+        .map_err(|e| e.to_string())
+        .and_then(|pem| PrivateKeyDer::from_pem_slice(&pem).map_err(|e| e.to_string()))
+        .map_err(|e| format!("tls key {}: {e}", t.key.display()))?;
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -46,12 +47,15 @@ fn native_roots() -> &'static rustls::RootCertStore {
     })
 }
 
+/// Every certificate in a PEM file.
+fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let pem = crate::files::read(path).map_err(|e| e.to_string())?;
+    CertificateDer::pem_slice_iter(&pem).collect::<Result<_, _>>().map_err(|e| e.to_string())
+}
+
 /// Reads a PEM bundle of CA certificates.
 pub fn read_ca_file(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
-    let certs: Vec<_> = CertificateDer::pem_file_iter(path)
-        .map_err(|e| e.to_string())?
-        .collect::<Result<_, _>>()
-        .map_err(|e| e.to_string())?;
+    let certs = read_certs(path)?;
     if certs.is_empty() {
         return Err("no PEM certificate in the file".to_owned());
     }

@@ -25,7 +25,7 @@ use crate::config::{IssuerConfig, KeyCacheConfig, KeySource};
 use crate::metrics::Metrics;
 
 /// Largest JWKS or discovery document accepted.
-const MAX_DOCUMENT: usize = 1 << 20;
+pub(crate) const MAX_DOCUMENT: usize = 1 << 20;
 /// Longest a request waits for an unknown-kid re-fetch before it is answered.
 const KID_MISS_WAIT: Duration = Duration::from_secs(5);
 const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
@@ -482,7 +482,11 @@ impl IssuerKeys {
     async fn fetch_once(&self, client: &FetchClient) -> Result<(Option<Duration>, Bytes), String> {
         let (bytes, max_age) = match &self.config.source {
             KeySource::File(path) => {
-                (tokio::fs::read(path).await.map(Bytes::from).map_err(|e| format!("{}: {e}", path.display()))?, None)
+                let owned = path.clone();
+                let read = tokio::task::spawn_blocking(move || crate::files::read_limited(&owned, MAX_DOCUMENT as u64))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                (read.map(Bytes::from).map_err(|e| format!("{}: {e}", path.display()))?, None)
             }
             KeySource::Uri(uri) => get(client, uri).await?,
             KeySource::Builtin => return Err("built-in keys are not fetched".to_owned()),

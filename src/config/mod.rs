@@ -29,9 +29,11 @@ impl Config {
     /// between its sections. The files it names are read when a snapshot is built from it
     /// ([`crate::snapshot::compile`]). Used at start-up, by `check`, and by reloads.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
+        let cannot = |e: &dyn std::fmt::Display| {
             ConfigError(vec![Diag { file: path.to_owned(), pos: None, message: format!("cannot read: {e}") }])
-        })?;
+        };
+        let bytes = crate::files::read(path).map_err(|e| cannot(&e))?;
+        let text = String::from_utf8(bytes).map_err(|e| cannot(&e))?;
         Config::parse(path, &text)
     }
 

@@ -490,3 +490,53 @@ async fn jwks_file_without_a_key_for_the_issuers_algorithms_is_an_error() {
     let out = check(&path, &[], &[]).await;
     assert_eq!(out.code, Some(0), "{out:?}");
 }
+
+fn mkfifo(path: &Path) {
+    let status = std::process::Command::new("mkfifo").arg(path).status().expect("run mkfifo");
+    assert!(status.success(), "mkfifo {}", path.display());
+}
+
+/// Every file the config names, and the config itself, is read only when it is a regular file
+/// and only up to a bound: a FIFO (whose open blocks until a writer comes), a device such as
+/// `/dev/zero` (which never ends) or an oversized file is an error at its line, at once, not a
+/// `check` or a start that never returns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn named_files_must_be_regular_and_bounded() {
+    // A jwks_file that is a FIFO, a device, or longer than a JWKS document may be.
+    for (what, target) in [("fifo", "jwks.fifo"), ("device", "/dev/zero"), ("oversized", "big.json")] {
+        let text = valid().replace("jwks_file = \"jwks.json\"", &format!("jwks_file = \"{target}\""));
+        let (dir, path) = write_config(&text);
+        match what {
+            "fifo" => mkfifo(&dir.path().join(target)),
+            "oversized" => {
+                let mut doc = " ".repeat(1 << 20);
+                doc.push_str(r#"{"keys":[]}"#);
+                std::fs::write(dir.path().join(target), doc).unwrap();
+            }
+            _ => {}
+        }
+        let out = check(&path, &[], &[]).await;
+        assert_error_at(&out, &path, line_of(&text, "jwks_file"), &[1, col_of(&text, &format!("\"{target}\""))]);
+        let why = if what == "oversized" { "larger than 1 MiB" } else { "not a regular file" };
+        assert!(out.stderr.contains(why), "{what}: {out:?}");
+    }
+
+    // A TLS certificate that is a FIFO.
+    let (dir, path) = write_config(&valid());
+    mkfifo(&dir.path().join("cert.pem"));
+    let key = TestKey::generate(Algorithm::ES256, "unused");
+    std::fs::write(dir.path().join("key.pem"), key.public_key_pem()).unwrap();
+    let text = valid().replace("[server]\n", "[server]\ntls = { cert = \"cert.pem\", key = \"key.pem\" }\n");
+    assert_ne!(text, valid(), "the config has a [server] table");
+    std::fs::write(&path, &text).unwrap();
+    let out = check(&path, &[], &[]).await;
+    assert_eq!(out.code, Some(2), "{out:?}");
+    assert!(out.stderr.contains("cert.pem") && out.stderr.contains("not a regular file"), "{out:?}");
+
+    // The config itself.
+    let fifo = dir.path().join("gateway.fifo");
+    mkfifo(&fifo);
+    let out = check(&fifo, &[], &[]).await;
+    assert_eq!(out.code, Some(2), "{out:?}");
+    assert!(out.stderr.contains("not a regular file"), "{out:?}");
+}

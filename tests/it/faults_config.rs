@@ -113,6 +113,12 @@ async fn broken_config_files_keep_the_old_config_and_are_counted() {
             let _ = std::fs::remove_file(p);
             std::fs::create_dir(p).expect("mkdir");
         }),
+        // Opening a FIFO blocks until a writer comes: the reload must not wait for one.
+        ("replaced by a FIFO", |p| {
+            let _ = std::fs::remove_file(p);
+            let made = std::process::Command::new("mkfifo").arg(p).status().expect("run mkfifo");
+            assert!(made.success(), "mkfifo");
+        }),
     ];
     if can_read_mode_000(gw.dir.path()) {
         println!("skipping the unreadable (chmod 000) case: this process can read mode 000 files (root)");
