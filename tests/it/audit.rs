@@ -376,3 +376,61 @@ async fn check_warns_about_each_route_not_enforcing_and_still_succeeds() {
         assert!((path_at - 1..=path_at + 3).contains(&line), "{warning:?} is not at the route of line {path_at}");
     }
 }
+
+/// The messages of the binary's log lines at `level` that contain `needle`.
+fn messages(p: &Binary, level: &str, needle: &str) -> Vec<String> {
+    p.json_lines()
+        .into_iter()
+        .filter(|v| v["level"] == level)
+        .filter_map(|v| v["message"].as_str().map(str::to_owned))
+        .filter(|m| m.contains(needle))
+        .collect()
+}
+
+/// Waits (bounded by [`EVENTUALLY`]) until the binary logged `n` "config reloaded" lines.
+async fn until_reloads(p: &Binary, n: usize) {
+    let deadline = Instant::now() + EVENTUALLY;
+    while messages(p, "INFO", "config reloaded").len() < n {
+        assert!(Instant::now() < deadline, "fewer than {n} reloads after {EVENTUALLY:?}:\n{}", p.output());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_changes_the_routes_in_audit_mode_names_them() {
+    let key = TestKey::generate(Algorithm::RS256, "audit-k6");
+    let jwks = JwksServer::start(vec![key.jwk()]).await;
+    let up = Upstream::start("up").await;
+    let head = server_toml("")
+        + "[log]\nformat = \"json\"\n\n"
+        + &issuer_toml(ISS, &jwks_uri(&jwks.url), &["RS256"], "")
+        + &upstream_toml("up", &up.url);
+    let public = route_toml("/public", &["GET"], &[PUBLIC, &forward_to("up")]);
+    let v1 = head.clone() + &read_route("/a", AUDIT) + &read_route("/b", "");
+    let v2 = head.clone() + &read_route("/a", AUDIT) + &read_route("/b", AUDIT);
+    let v3 = v2.clone() + &public;
+    let v4 = head.clone() + &read_route("/a", "") + &read_route("/b", "") + &public;
+    let p = Binary::start(&v1).await;
+    let warned = |p: &Binary| messages(p, "WARN", "audit mode");
+    assert_eq!(warned(&p).len(), 1, "{}", p.output());
+    assert!(warned(&p)[0].contains("GET /a") && !warned(&p)[0].contains("GET /b"), "{:?}", warned(&p));
+
+    // /b joins: a new warning names both.
+    replace_by_rename(p.config_path(), &v2);
+    until_reloads(&p, 1).await;
+    let w = warned(&p);
+    assert_eq!(w.len(), 2, "{}", p.output());
+    assert!(w[1].contains("GET /a") && w[1].contains("GET /b"), "{w:?}");
+    // A reload that leaves the list as it was says nothing more about it.
+    replace_by_rename(p.config_path(), &v3);
+    until_reloads(&p, 2).await;
+    assert_eq!(warned(&p).len(), 2, "{}", p.output());
+    // Every route enforces again: said once, at info.
+    replace_by_rename(p.config_path(), &v4);
+    until_reloads(&p, 3).await;
+    assert_eq!(warned(&p).len(), 2, "{}", p.output());
+    assert_eq!(messages(&p, "INFO", "every route enforces").len(), 1, "{}", p.output());
+    let r = send_to(p.addr, "GET", "/a", &[], "").await;
+    assert_eq!(r.status, 401, "{r:?}");
+    p.stop().await;
+}
