@@ -434,3 +434,30 @@ async fn a_reload_that_changes_the_routes_in_audit_mode_names_them() {
     assert_eq!(r.status, 401, "{r:?}");
     p.stop().await;
 }
+
+#[tokio::test]
+async fn an_aws_rest_token_type_refusal_is_audited_like_any_other() {
+    let key = TestKey::generate(Algorithm::RS256, "audit-k7");
+    let jwks = JwksServer::start(vec![key.jwk()]).await;
+    let up = Upstream::start("up").await;
+    let toml = server_admin_toml("compat = \"aws-rest\"")
+        + &issuer_toml(ISS, &jwks_uri(&jwks.url), &["RS256"], "")
+        + &upstream_toml("up", &up.url)
+        + &read_route("/audit", AUDIT)
+        + &read_route("/enforced", "");
+    let gw = Gateway::start(&toml).await;
+    // An ID token on a route with scopes: REST API's authorizer wants an access token.
+    let mut id = claims(ISS, "client-id-token", "API/read");
+    id["token_use"] = json!("id");
+    let id = key.sign(&id);
+    let r = request(gw.addr, "/enforced", "e", Some(&id)).await;
+    assert_eq!(r.status, 401, "{r:?}");
+    assert_eq!(up.count(), 0);
+    let r = request(gw.addr, "/audit", "a", Some(&id)).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(up.count(), 1);
+    assert_eq!(x_auth(&up.last().expect("forwarded")), vec![]);
+    let m = gw.metrics_text();
+    assert_metric(&m, "scopegate_audit_would_deny_total", &[("route", "/audit"), ("reason", "wrong_token_use")], 1.0);
+    gw.stop().await;
+}
