@@ -21,7 +21,9 @@ pub struct Report {
 pub fn check(path: &Path) -> Result<Report, ConfigError> {
     let config = Config::load(path)?;
     crate::snapshot::compile(&config)?;
-    Ok(Report { summary: summary(&config), warnings: shadow_warnings(&config.routes, path) })
+    let mut warnings = shadow_warnings(&config.routes, path);
+    warnings.extend(audit_warnings(&config.routes, path));
+    Ok(Report { summary: summary(&config), warnings })
 }
 
 /// The one-screen summary of a valid config.
@@ -133,6 +135,27 @@ fn shadow_warnings(routes: &[RouteConfig], file: &Path) -> Vec<Diag> {
         ));
     }
     out
+}
+
+/// One warning per route in audit mode (`enforce = false`, its own or `[auth] enforce`'s): it
+/// forwards what it would refuse, which is meant for a rollout, not to stay.
+fn audit_warnings(routes: &[RouteConfig], file: &Path) -> Vec<Diag> {
+    routes
+        .iter()
+        .filter(|r| !r.enforce)
+        .map(|r| {
+            Diag::at(
+                file,
+                r.at,
+                format!(
+                    "warning: route {} is not enforcing (audit mode, enforce = false): requests its token or scope \
+                     check refuses are logged as would_deny and forwarded anyway; set enforce = true once the \
+                     rollout is done",
+                    r.name()
+                ),
+            )
+        })
+        .collect()
 }
 
 /// Whether two routes can take the same method (HEAD is checked as GET).

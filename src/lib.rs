@@ -101,6 +101,7 @@ impl Server {
         let fetch = auth::jwks::fetch_client();
         let (listen, admin_listen) = (config.server.listen, config.server.admin_listen);
         let snapshot = Snapshot::build(config, None, &fetch, &metrics)?;
+        reload::flag_not_enforcing(&snapshot, None, &metrics);
         let first_keys: Vec<_> = snapshot.verifier.issuers().cloned().collect();
         let shared = Arc::new(Shared::new(snapshot, path.to_owned(), metrics, fetch));
         let listener = TcpListener::bind(listen).await.map_err(|e| Error::Bind(listen, e))?;

@@ -4,7 +4,7 @@
 
 use http::Method;
 use prometheus::{
-    exponential_buckets, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
+    exponential_buckets, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
 
 pub struct Metrics {
@@ -13,6 +13,10 @@ pub struct Metrics {
     pub request_duration: HistogramVec,
     pub upstream_duration: HistogramVec,
     pub auth_failures: IntCounterVec,
+    /// Requests an audit-mode route forwarded although its checks refused them.
+    pub audit_would_deny: IntCounterVec,
+    /// Routes in audit mode in the config in use.
+    pub routes_not_enforcing: IntGauge,
     pub cache_hits: IntCounter,
     pub cache_misses: IntCounter,
     pub jwks_refreshes: IntCounterVec,
@@ -55,6 +59,19 @@ impl Metrics {
             Opts::new("scopegate_auth_failures_total", "Refused tokens and scopes, by reason"),
             &["reason"],
         )?;
+        let audit_would_deny = IntCounterVec::new(
+            Opts::new(
+                "scopegate_audit_would_deny_total",
+                "Requests a route in audit mode (enforce = false) forwarded although its token or scope check refused them, by route template and reason",
+            ),
+            &["route", "reason"],
+        )?;
+        let routes_not_enforcing = IntGauge::new(
+            "scopegate_routes_not_enforcing",
+            "Routes in audit mode (enforce = false) in the config in use: they forward what they would refuse",
+        )?;
+        registry.register(Box::new(audit_would_deny.clone()))?;
+        registry.register(Box::new(routes_not_enforcing.clone()))?;
         let cache_hits = IntCounter::new("scopegate_token_cache_hits_total", "Verified-token cache hits")?;
         let cache_misses = IntCounter::new("scopegate_token_cache_misses_total", "Verified-token cache misses")?;
         let jwks_refreshes = IntCounterVec::new(
@@ -110,6 +127,8 @@ impl Metrics {
             request_duration,
             upstream_duration,
             auth_failures,
+            audit_would_deny,
+            routes_not_enforcing,
             cache_hits,
             cache_misses,
             jwks_refreshes,

@@ -85,6 +85,9 @@ pub struct Access<'a> {
     pub required: (&'a [String], &'a [String]),
     /// What verification learnt about the token, also when it failed.
     pub token: TokenInfo,
+    /// The route is in audit mode and its token or scope check refused the request, which was
+    /// forwarded anyway (`reason` says why it would have been refused).
+    pub would_deny: bool,
 }
 
 /// Longest list of a token's scopes written to an access-log line, in bytes (the line also
@@ -129,14 +132,22 @@ pub async fn handle(
     // Kept for the log line: `decide` points `parts.uri` at the upstream.
     let uri = parts.uri.clone();
     let mut access = Access::default();
+    let mut denied = false;
     let result = match decide(&snap, &conn, &mut parts, &request_id, &mut access).await {
         Ok(decision) => act(decision, Request::from_parts(parts, body), &snap, &shared.metrics).await,
-        Err(reject) => Err(reject),
+        Err(reject) => {
+            denied = true;
+            Err(reject)
+        }
     };
     let mut resp = match result {
         Ok(resp) => resp,
         Err(reject) => {
-            access.reason = reject.reason();
+            // A forwarded audit-mode request that then fails upstream keeps the reason its
+            // check would have refused it for; the status tells the upstream failure.
+            if !access.would_deny {
+                access.reason = reject.reason();
+            }
             if matches!(reject, Reject::Unauthorized(_) | Reject::InsufficientScope(_)) {
                 shared.metrics.auth_failures.with_label_values(&[access.reason]).inc();
             }
@@ -159,6 +170,14 @@ pub async fn handle(
     let m = &shared.metrics;
     m.requests.with_label_values(&[route_label, method_label(&method), resp.status().as_str()]).inc();
     m.request_duration.with_label_values(&[route_label]).observe(elapsed.as_secs_f64());
+    if access.would_deny {
+        m.audit_would_deny.with_label_values(&[route_label, access.reason]).inc();
+    }
+    let decision = match (access.would_deny, denied) {
+        (true, _) => "would_deny",
+        (false, true) => "deny",
+        (false, false) => "allow",
+    };
     // The decision, so that one line answers "why this status": the route's requirement, what
     // the token is (verified: from the principal; refused: what it claimed, made printable and
     // bounded), whether the cache answered, and the reason. Never the token itself.
@@ -175,6 +194,7 @@ pub async fn handle(
         path = access.normalized.as_deref().unwrap_or(uri.path()),
         route = access.route,
         status = resp.status().as_u16(),
+        decision,
         upstream = access.upstream,
         duration_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
         client_id = access.principal.as_ref().map_or("", |p| p.client_id()),
@@ -270,16 +290,30 @@ pub async fn decide<'s>(
         RouteAuth::None => None,
         RouteAuth::Jwt { any_of, all_of } => {
             access.required = (any_of, all_of);
-            let token = extract::bearer(&parts.headers, &cfg.auth.header).map_err(Reject::Unauthorized)?;
-            let who = snap.verifier.verify_with(token, &mut access.token).await?;
-            access.principal = Some(Arc::clone(&who));
-            if cfg.server.compat == Compat::AwsRest {
-                rest_token_type(any_of.is_empty() && all_of.is_empty(), &who)?;
+            let checked = async {
+                let token = extract::bearer(&parts.headers, &cfg.auth.header).map_err(Reject::Unauthorized)?;
+                let who = snap.verifier.verify_with(token, &mut access.token).await?;
+                access.principal = Some(Arc::clone(&who));
+                if cfg.server.compat == Compat::AwsRest {
+                    rest_token_type(any_of.is_empty() && all_of.is_empty(), &who)?;
+                }
+                if !scope::allows(any_of, all_of, &who) {
+                    return Err(Reject::InsufficientScope(cfg.auth.scope_failure_status));
+                }
+                Ok(who)
+            };
+            match checked.await {
+                Ok(who) => Some(who),
+                // Audit mode: a refused token or scope is recorded, not answered, and the
+                // request goes on with no identity (a verified principal stays in the log
+                // line only). Keys not loaded yet is no verdict on the token: still answered.
+                Err(reject @ (Reject::Unauthorized(_) | Reject::InsufficientScope(_))) if !route.enforce => {
+                    access.reason = reject.reason();
+                    access.would_deny = true;
+                    None
+                }
+                Err(reject) => return Err(reject),
             }
-            if !scope::allows(any_of, all_of, &who) {
-                return Err(Reject::InsufficientScope(cfg.auth.scope_failure_status));
-            }
-            Some(who)
         }
     };
 
@@ -297,6 +331,11 @@ pub async fn decide<'s>(
     drop(path);
     parts.uri = uri;
     rewrite_headers(snap, conn, &mut parts.headers, request_id, forwarded_host, principal.as_deref());
+    if access.would_deny && upstream::may_strip(&cfg.auth.header) {
+        // A token header in a family the gateway sets (`x-auth-token`) passes as verified: a
+        // token that was refused does not.
+        parts.headers.remove(&cfg.auth.header);
+    }
     if !snap.claims_headers.is_empty() {
         upstream::strip_named(&mut parts.headers, &snap.claims_headers);
     }
@@ -503,6 +542,13 @@ upstream = "books"
 path = "/health"
 auth = "none"
 response = { status = 200, body = "ok" }
+
+[[routes]]
+path = "/audit/{id}"
+methods = ["GET"]
+scopes = ["api/write"]
+upstream = "books"
+enforce = false
 "#;
 
     fn snapshot() -> Snapshot {
@@ -587,5 +633,33 @@ response = { status = 200, body = "ok" }
         );
         assert_eq!(decided(&snap, get("/health", None)).await, Ok("mock 200".to_owned()));
         assert_eq!(decided(&snap, Request::post("/oauth2/token")).await, Ok("issuer Token".to_owned()));
+    }
+
+    #[tokio::test]
+    async fn an_audit_route_forwards_refusals_without_identity() {
+        let snap = snapshot();
+        let read = token(&snap, &["api/read"]);
+        let write = token(&snap, &["api/write"]);
+        let cases: [(Option<&str>, Option<&str>); 4] = [
+            (None, Some("missing_token")),
+            (Some("not-a-jwt"), Some("malformed_token")),
+            (Some(&read), Some("insufficient_scope")),
+            (Some(&write), None),
+        ];
+        for (token, would_deny) in cases {
+            let req = get("/audit/1", token).header("host", "gw.test").header("x-auth-sub", "forged");
+            let (mut parts, ()) = req.body(()).expect("request").into_parts();
+            let conn = ConnInfo::new("127.0.0.1:40000".parse().expect("addr"), false);
+            let mut access = Access::default();
+            let request_id = HeaderValue::from_static("audit-test");
+            let decision = decide(&snap, &conn, &mut parts, &request_id, &mut access).await;
+            assert!(matches!(decision, Ok(Decision::Forward(_))), "{would_deny:?}: forwarded");
+            assert_eq!(parts.uri, "/base/audit/1", "{would_deny:?}");
+            assert_eq!((access.would_deny, access.reason), (would_deny.is_some(), would_deny.unwrap_or("")));
+            let sub = parts.headers.get("x-auth-sub").map(|v| v.to_str().expect("text").to_owned());
+            assert_eq!(sub, would_deny.is_none().then(|| "app".to_owned()), "{would_deny:?}: identity");
+            // The log line still tells what the refused token was.
+            assert_eq!(access.principal.is_some(), token.is_some_and(|t| t != "not-a-jwt"), "{would_deny:?}");
+        }
     }
 }

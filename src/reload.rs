@@ -75,6 +75,7 @@ async fn try_reload(shared: &Shared) -> Result<(), ConfigError> {
     let old = shared.snapshot.load_full();
     let new = shared.build(config, Some(&old))?;
     flag_restart_only(&new, &shared.metrics, true);
+    flag_not_enforcing(&new, Some(&old), &shared.metrics);
     let fresh: Vec<_> =
         new.verifier.issuers().filter(|i| !old.verifier.issuers().any(|o| Arc::ptr_eq(o, i))).cloned().collect();
     futures_util::future::join_all(fresh.iter().map(|i| i.first_attempt(NEW_ISSUER_WAIT))).await;
@@ -98,6 +99,29 @@ fn flag_restart_only(snap: &Snapshot, metrics: &Metrics, log: bool) {
             );
         }
     }
+}
+
+/// Sets `scopegate_routes_not_enforcing` and, at start (no `previous`) or when the list changed,
+/// names the routes in audit mode in a warning: a route left in audit mode after a rollout
+/// forwards what it should refuse, so it must not go unnoticed.
+pub(crate) fn flag_not_enforcing(snap: &Snapshot, previous: Option<&Snapshot>, metrics: &Metrics) {
+    let routes = snap.config.not_enforcing();
+    metrics.routes_not_enforcing.set(i64::try_from(routes.len()).unwrap_or(i64::MAX));
+    if previous.is_some_and(|p| p.config.not_enforcing() == routes) {
+        return;
+    }
+    if routes.is_empty() {
+        if previous.is_some() {
+            tracing::info!("every route enforces its token and scope checks again");
+        }
+        return;
+    }
+    let list = routes.join(", ");
+    tracing::warn!(
+        routes = %list,
+        "{} route(s) in audit mode (enforce = false) forward requests their token or scope check refuses: {list}",
+        routes.len()
+    );
 }
 
 /// The files whose contents decide the snapshot, besides gateway.toml itself.

@@ -93,6 +93,9 @@ pub struct CompiledRoute {
     pub target: Target,
     /// The header that carries the verified claims upstream (`claims_header`).
     pub claims_header: Option<http::HeaderName>,
+    /// False in audit mode (`enforce = false`): a token or scope refusal is logged and counted,
+    /// and the request forwarded anyway, without identity.
+    pub enforce: bool,
 }
 
 /// Where a route sends a request that passed its checks.
@@ -352,6 +355,7 @@ mod tests {
             auth: RouteAuth::None,
             action: Action::Upstream("u".to_owned()),
             claims_header: None,
+            enforce: true,
             at: Pos::default(),
         }
     }

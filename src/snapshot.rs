@@ -148,6 +148,7 @@ impl Snapshot {
                 auth: r.auth.clone(),
                 target,
                 claims_header: r.claims_header.clone(),
+                enforce: r.enforce,
             })
         })?;
         let mut issuers = HashMap::with_capacity(config.auth.issuers.len());

@@ -124,6 +124,8 @@ pub struct AuthConfig {
     pub cache_entries: usize,
     pub forward_token: bool,
     pub identity_headers: bool,
+    /// `auth.enforce`: the default of every route's `enforce`.
+    pub enforce: bool,
     pub issuers: Vec<IssuerConfig>,
     /// `key_cache_dir`: where fetched key sets and a generated signing key are persisted.
     pub key_cache: Option<KeyCacheConfig>,
@@ -217,8 +219,30 @@ pub struct RouteConfig {
     /// `claims_header`: the header that carries the verified claims upstream, in the shape of
     /// `server.compat`.
     pub claims_header: Option<HeaderName>,
+    /// `enforce` (default `auth.enforce`): false is audit mode, where a request the token or
+    /// scope check would refuse is forwarded anyway, without identity headers. Always true on
+    /// a route with `auth = "none"` (nothing there could be refused).
+    pub enforce: bool,
     /// Where the route was written, for overlap errors and warnings.
     pub at: Pos,
+}
+
+impl RouteConfig {
+    /// `METHODS TEMPLATE`, as warnings name a route: `GET,POST /books/{id}`, `ANY /x`.
+    pub fn name(&self) -> String {
+        let methods = match &self.methods {
+            Methods::Any => "ANY".to_owned(),
+            Methods::Only(m) => m.iter().map(Method::as_str).collect::<Vec<_>>().join(","),
+        };
+        format!("{methods} {}", self.path)
+    }
+}
+
+impl Config {
+    /// The routes in audit mode (`enforce = false`), by [`RouteConfig::name`], in config order.
+    pub fn not_enforcing(&self) -> Vec<String> {
+        self.routes.iter().filter(|r| !r.enforce).map(RouteConfig::name).collect()
+    }
 }
 
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:8080";

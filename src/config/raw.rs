@@ -248,6 +248,8 @@ pub(super) struct RawAuth {
     pub(super) forward_token: Option<bool>,
     /// Set x-auth-sub, x-auth-client-id, x-auth-scope, x-auth-issuer. Default true.
     pub(super) identity_headers: Option<bool>,
+    /// The default of every route's `enforce`: true (default) refuses what the checks refuse; false puts routes in audit mode (see the route key).
+    pub(super) enforce: Option<bool>,
     /// Directory where the last good key set of each fetched issuer (jwks_uri, discovery) is kept, and the built-in issuer's generated signing key; served at start when the IdP cannot be reached. Relative to the config's directory; created 0700 if missing. Omitted: nothing is persisted.
     #[schemars(with = "Option<Str>")]
     pub(super) key_cache_dir: Option<Spanned<Str>>,
@@ -328,6 +330,9 @@ pub(super) struct RawRoute {
     /// Send the verified token's claims upstream in this header, as the JSON of API Gateway's requestContext.authorizer (needs server.compat "aws-rest" or "aws-http").
     #[schemars(with = "Option<Str>")]
     pub(super) claims_header: Option<Spanned<Str>>,
+    /// false: audit mode. The token and scopes are checked and the outcome logged and counted as usual, but a request they would refuse (401/403) is forwarded anyway, without identity headers. Default: auth.enforce (true). Needs auth = "jwt".
+    #[schemars(with = "Option<bool>")]
+    pub(super) enforce: Option<Spanned<bool>>,
 }
 
 #[derive(Deserialize, JsonSchema)]

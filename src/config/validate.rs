@@ -33,6 +33,8 @@ pub(super) fn validate(raw: RawConfig, path: &Path, base: &Path, d: &mut Diags<'
             }
         },
     };
+    // Read before `raw.auth` is taken: every route's `enforce` defaults to it.
+    let enforce_default = raw.auth.enforce.unwrap_or(true);
     let auth = validate_auth(raw.auth, base, d);
     let mut upstreams = Vec::new();
     for (name, u) in raw.upstreams {
@@ -42,7 +44,7 @@ pub(super) fn validate(raw: RawConfig, path: &Path, base: &Path, d: &mut Diags<'
     }
     let mut routes = Vec::new();
     for r in raw.routes {
-        if let Some(r) = validate_route(r, &upstreams, server.as_ref().map(|s| s.compat), d) {
+        if let Some(r) = validate_route(r, &upstreams, server.as_ref().map(|s| s.compat), enforce_default, d) {
             routes.push(r);
         }
     }
@@ -276,6 +278,7 @@ fn validate_auth(a: RawAuth, base: &Path, d: &mut Diags<'_>) -> Option<AuthConfi
         cache_entries,
         forward_token: a.forward_token.unwrap_or(true),
         identity_headers: a.identity_headers.unwrap_or(true),
+        enforce: a.enforce.unwrap_or(true),
         issuers,
         key_cache,
     })
@@ -410,6 +413,7 @@ fn validate_route(
     r: Spanned<RawRoute>,
     upstreams: &[UpstreamConfig],
     compat: Option<Compat>,
+    enforce_default: bool,
     d: &mut Diags<'_>,
 ) -> Option<RouteConfig> {
     let span = r.span();
@@ -516,9 +520,17 @@ fn validate_route(
             }
         }
     };
+    // A public route refuses no token, so audit mode would change nothing there: written on
+    // one, `enforce = false` is a misunderstanding (the author meant another route, or thinks
+    // the route is checked), and is refused. Inherited from `[auth] enforce`, it is ignored.
+    let public = auth == RouteAuth::None;
+    if let Some(e) = r.enforce.as_ref().filter(|e| public && !*e.get_ref()) {
+        d.at(&e.span(), "enforce = false needs a route with auth = \"jwt\" (a public route refuses no token)");
+    }
+    let enforce = public || r.enforce.map_or(enforce_default, |e| *e.get_ref());
     let action = action?;
     let at = d.pos(&span);
-    d.clean_since(before).then_some(RouteConfig { path, segments, methods, auth, action, claims_header, at })
+    d.clean_since(before).then_some(RouteConfig { path, segments, methods, auth, action, claims_header, enforce, at })
 }
 
 fn validate_mock(m: Spanned<RawMock>, d: &mut Diags<'_>) -> Option<MockResponse> {
