@@ -232,6 +232,15 @@ fn method_is_upper_case(method: &http::Method) -> bool {
     !method.as_str().bytes().any(|b| b.is_ascii_lowercase())
 }
 
+/// Where [`decide_with`] takes a JWT route's principal from.
+pub enum PrincipalFrom<'a> {
+    /// The request's token, through the snapshot's verifier: the gateway's way.
+    Verifier,
+    /// Given by the caller, instead of the token (`scopegate explain` with claims taken as
+    /// verified, or a token whose keys it does not have): the principal, or why it was refused.
+    Given(&'a Result<Arc<Principal>, Reject>),
+}
+
 /// Every check of the request path in order; for a request to forward, also the URI rewrite and the
 /// header hygiene. Touches nothing but `parts`, so it can be measured without a network.
 pub async fn decide<'s>(
@@ -240,6 +249,18 @@ pub async fn decide<'s>(
     parts: &mut Parts,
     request_id: &HeaderValue,
     access: &mut Access<'s>,
+) -> Result<Decision<'s>, Reject> {
+    decide_with(snap, conn, parts, request_id, access, PrincipalFrom::Verifier).await
+}
+
+/// [`decide`], with a JWT route's principal taken from `from`.
+pub async fn decide_with<'s>(
+    snap: &'s Snapshot,
+    conn: &ConnInfo,
+    parts: &mut Parts,
+    request_id: &HeaderValue,
+    access: &mut Access<'s>,
+    from: PrincipalFrom<'_>,
 ) -> Result<Decision<'s>, Reject> {
     let cfg = &snap.config;
     if head_size(parts) > cfg.server.max_header_bytes {
@@ -270,8 +291,13 @@ pub async fn decide<'s>(
         RouteAuth::None => None,
         RouteAuth::Jwt { any_of, all_of } => {
             access.required = (any_of, all_of);
-            let token = extract::bearer(&parts.headers, &cfg.auth.header).map_err(Reject::Unauthorized)?;
-            let who = snap.verifier.verify_with(token, &mut access.token).await?;
+            let who = match from {
+                PrincipalFrom::Verifier => {
+                    let token = extract::bearer(&parts.headers, &cfg.auth.header).map_err(Reject::Unauthorized)?;
+                    snap.verifier.verify_with(token, &mut access.token).await?
+                }
+                PrincipalFrom::Given(given) => given.clone()?,
+            };
             access.principal = Some(Arc::clone(&who));
             if cfg.server.compat == Compat::AwsRest {
                 rest_token_type(any_of.is_empty() && all_of.is_empty(), &who)?;
