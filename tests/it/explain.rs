@@ -444,3 +444,38 @@ async fn the_built_in_issuer_s_generated_key_is_said_unchecked() {
     names.sort();
     assert_eq!(names, ["gateway.toml"]);
 }
+
+/// Writes `keys` as the key set persisted for `issuer` in `cache` (the format the gateway writes:
+/// `jwks-<sha256 of the issuer>.json` holding the issuer, when it was fetched, and the document).
+fn persist_key_set(cache: &Path, issuer: &str, keys: Vec<Value>) {
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, issuer.as_bytes());
+    let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    let doc = json!({ "issuer": issuer, "fetched_at": now(), "jwks": { "keys": keys } });
+    write_file(&cache.join(format!("jwks-{hex}.json")), &doc.to_string());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_set_persisted_in_key_cache_dir_checks_the_signature_offline() {
+    let key = TestKey::generate(Algorithm::ES256, "cached-k1");
+    let impostor = TestKey::generate(Algorithm::ES256, "cached-k1");
+    let jwks = JwksServer::start(vec![key.jwk()]).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    persist_key_set(&dir.path().join("cache"), ISS, vec![key.jwk()]);
+    let toml = server_toml("")
+        + &auth_toml("key_cache_dir = \"cache\"")
+        + &issuer_toml(ISS, &jwks_uri(&jwks.url), &["ES256"], "")
+        + &route_toml("/books", &["GET"], &[&scopes(&["books.read"]), &mock_response("application/json", "[]")]);
+    let config = dir.path().join("gateway.toml");
+    write_file(&config, &toml);
+
+    let good = token(&key, ISS, "books.read", |_| {});
+    let (code, e) = explain_json(dir.path(), &config, "GET", "/books", Some(&good)).await;
+    assert_eq!(code, 0, "{e}");
+    assert_eq!(e["token"]["signature_checked"], true, "{e}");
+    assert_eq!(e["token"]["signature"], "checked against the key set persisted in key_cache_dir", "{e}");
+    // Checked, not assumed: another key under the same kid does not verify.
+    let forged = token(&impostor, ISS, "books.read", |_| {});
+    let (code, e) = explain_json(dir.path(), &config, "GET", "/books", Some(&forged)).await;
+    assert_eq!((code, e["reason"].as_str()), (1, Some("bad_signature")), "{e}");
+    assert_eq!(jwks.hits(), 0, "explain fetched the key set");
+}
