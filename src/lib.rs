@@ -11,6 +11,7 @@ pub mod check;
 pub mod compat;
 pub mod config;
 pub mod error;
+pub mod explain;
 pub(crate) mod files;
 #[doc(hidden)]
 pub mod fuzzing;

@@ -35,6 +35,8 @@ enum Command {
     Schema,
     /// Write a gateway.toml from an API Gateway + Cognito stack (CloudFormation/SAM/CDK template or OpenAPI export)
     Import(scopegate::import::ImportArgs),
+    /// What the gateway would answer a request, and why, worked out offline (exit 0 allowed, 1 refused, 2 error)
+    Explain(scopegate::explain::ExplainArgs),
 }
 
 fn mint(config: &std::path::Path, client_id: &str, scope: Option<&str>) -> Result<String, String> {
@@ -131,6 +133,7 @@ fn main() -> ExitCode {
             }
         },
         Some(Command::Import(args)) => ExitCode::from(scopegate::import::main(&args)),
+        Some(Command::Explain(args)) => ExitCode::from(scopegate::explain::main(&cli.config, &args)),
         Some(Command::Schema) => {
             print!("{}", scopegate::config::schema());
             ExitCode::SUCCESS

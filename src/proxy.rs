@@ -86,8 +86,8 @@ pub struct Access<'a> {
     /// What verification learnt about the token, also when it failed.
     pub token: TokenInfo,
     /// The route is in audit mode and its token or scope check refused the request, which was
-    /// forwarded anyway (`reason` says why it would have been refused).
-    pub would_deny: bool,
+    /// forwarded anyway: the refusal it would have had (`reason` names it too).
+    pub would_deny: Option<Reject>,
 }
 
 /// Longest list of a token's scopes written to an access-log line, in bytes (the line also
@@ -145,7 +145,7 @@ pub async fn handle(
         Err(reject) => {
             // A forwarded audit-mode request that then fails upstream keeps the reason its
             // check would have refused it for; the status tells the upstream failure.
-            if !access.would_deny {
+            if access.would_deny.is_none() {
                 access.reason = reject.reason();
             }
             if matches!(reject, Reject::Unauthorized(_) | Reject::InsufficientScope(_)) {
@@ -170,10 +170,10 @@ pub async fn handle(
     let m = &shared.metrics;
     m.requests.with_label_values(&[route_label, method_label(&method), resp.status().as_str()]).inc();
     m.request_duration.with_label_values(&[route_label]).observe(elapsed.as_secs_f64());
-    if access.would_deny {
+    if access.would_deny.is_some() {
         m.audit_would_deny.with_label_values(&[route_label, access.reason]).inc();
     }
-    let decision = match (access.would_deny, denied) {
+    let decision = match (access.would_deny.is_some(), denied) {
         (true, _) => "would_deny",
         (false, true) => "deny",
         (false, false) => "allow",
@@ -252,6 +252,15 @@ fn method_is_upper_case(method: &http::Method) -> bool {
     !method.as_str().bytes().any(|b| b.is_ascii_lowercase())
 }
 
+/// Where [`decide_with`] takes a JWT route's principal from.
+pub enum PrincipalFrom<'a> {
+    /// The request's token, through the snapshot's verifier: the gateway's way.
+    Verifier,
+    /// Given by the caller, instead of the token (`scopegate explain` with claims taken as
+    /// verified, or a token whose keys it does not have): the principal, or why it was refused.
+    Given(&'a Result<Arc<Principal>, Reject>),
+}
+
 /// Every check of the request path in order; for a request to forward, also the URI rewrite and the
 /// header hygiene. Touches nothing but `parts`, so it can be measured without a network.
 pub async fn decide<'s>(
@@ -260,6 +269,18 @@ pub async fn decide<'s>(
     parts: &mut Parts,
     request_id: &HeaderValue,
     access: &mut Access<'s>,
+) -> Result<Decision<'s>, Reject> {
+    decide_with(snap, conn, parts, request_id, access, PrincipalFrom::Verifier).await
+}
+
+/// [`decide`], with a JWT route's principal taken from `from`.
+pub async fn decide_with<'s>(
+    snap: &'s Snapshot,
+    conn: &ConnInfo,
+    parts: &mut Parts,
+    request_id: &HeaderValue,
+    access: &mut Access<'s>,
+    from: PrincipalFrom<'_>,
 ) -> Result<Decision<'s>, Reject> {
     let cfg = &snap.config;
     if head_size(parts) > cfg.server.max_header_bytes {
@@ -291,8 +312,13 @@ pub async fn decide<'s>(
         RouteAuth::Jwt { any_of, all_of } => {
             access.required = (any_of, all_of);
             let checked = async {
-                let token = extract::bearer(&parts.headers, &cfg.auth.header).map_err(Reject::Unauthorized)?;
-                let who = snap.verifier.verify_with(token, &mut access.token).await?;
+                let who = match from {
+                    PrincipalFrom::Verifier => {
+                        let token = extract::bearer(&parts.headers, &cfg.auth.header).map_err(Reject::Unauthorized)?;
+                        snap.verifier.verify_with(token, &mut access.token).await?
+                    }
+                    PrincipalFrom::Given(given) => given.clone()?,
+                };
                 access.principal = Some(Arc::clone(&who));
                 if cfg.server.compat == Compat::AwsRest {
                     rest_token_type(any_of.is_empty() && all_of.is_empty(), &who)?;
@@ -309,7 +335,7 @@ pub async fn decide<'s>(
                 // line only). Keys not loaded yet is no verdict on the token: still answered.
                 Err(reject @ (Reject::Unauthorized(_) | Reject::InsufficientScope(_))) if !route.enforce => {
                     access.reason = reject.reason();
-                    access.would_deny = true;
+                    access.would_deny = Some(reject);
                     None
                 }
                 Err(reject) => return Err(reject),
@@ -331,7 +357,7 @@ pub async fn decide<'s>(
     drop(path);
     parts.uri = uri;
     rewrite_headers(snap, conn, &mut parts.headers, request_id, forwarded_host, principal.as_deref());
-    if access.would_deny && upstream::may_strip(&cfg.auth.header) {
+    if access.would_deny.is_some() && upstream::may_strip(&cfg.auth.header) {
         // A token header in a family the gateway sets (`x-auth-token`) passes as verified: a
         // token that was refused does not.
         parts.headers.remove(&cfg.auth.header);
@@ -655,7 +681,7 @@ enforce = false
             let decision = decide(&snap, &conn, &mut parts, &request_id, &mut access).await;
             assert!(matches!(decision, Ok(Decision::Forward(_))), "{would_deny:?}: forwarded");
             assert_eq!(parts.uri, "/base/audit/1", "{would_deny:?}");
-            assert_eq!((access.would_deny, access.reason), (would_deny.is_some(), would_deny.unwrap_or("")));
+            assert_eq!((access.would_deny.is_some(), access.reason), (would_deny.is_some(), would_deny.unwrap_or("")));
             let sub = parts.headers.get("x-auth-sub").map(|v| v.to_str().expect("text").to_owned());
             assert_eq!(sub, would_deny.is_none().then(|| "app".to_owned()), "{would_deny:?}: identity");
             // The log line still tells what the refused token was.

@@ -106,6 +106,37 @@ fn unpositioned(config: &Config, message: String) -> ConfigError {
     ConfigError(vec![Diag { file: config.path.clone(), pos: None, message }])
 }
 
+/// Where a snapshot's issuers get their keys.
+#[derive(Clone, Copy)]
+enum KeySupply<'a> {
+    /// Fetched, and kept fresh by one task per issuer (the gateway).
+    Fetch(&'a FetchClient),
+    /// Only what is on disk, read once: no task, no network, no file written.
+    Local,
+}
+
+/// The built-in issuer's generated key as an earlier start persisted it in `key_cache_dir`,
+/// read without writing anything; `None` when there is none (or it is not a key).
+pub fn persisted_signing_key(config: &Config) -> Option<SigningKey> {
+    let (b, cache) = (config.issuer.as_ref()?, config.auth.key_cache.as_ref()?);
+    let text = std::fs::read(crate::auth::key_cache::signing_key_file(&cache.dir, &b.issuer)).ok()?;
+    SigningKey::from_pem(&text).ok()
+}
+
+/// An issuer's keys as they are on disk: its `jwks_file`, or the set persisted in
+/// `key_cache_dir` for a fetched one (if young enough to be served). Never fetched.
+fn local_keys(i: &crate::config::IssuerConfig, config: &Config) -> Option<KeySet> {
+    let bytes = match &i.source {
+        KeySource::File(path) => std::fs::read(path).ok()?,
+        KeySource::Uri(_) | KeySource::Discovery => {
+            let cache = IssuerKeys::cache_for(i, config.auth.key_cache.as_ref())?;
+            crate::auth::key_cache::load_jwks(&cache, &i.issuer).ok()?.jwks
+        }
+        KeySource::Builtin => return None,
+    };
+    KeySet::parse(&bytes, &i.algorithms).ok()
+}
+
 impl Snapshot {
     /// Compiles a validated config and puts it to work. Upstreams and issuers whose settings
     /// did not change are taken over from `previous`, so they keep their pooled connections and
@@ -114,6 +145,24 @@ impl Snapshot {
         config: Config,
         previous: Option<&Snapshot>,
         fetch: &FetchClient,
+        metrics: &Arc<Metrics>,
+    ) -> Result<Snapshot, ConfigError> {
+        Snapshot::build_with(config, previous, KeySupply::Fetch(fetch), metrics)
+    }
+
+    /// A snapshot for `scopegate explain`: built as [`Snapshot::build`] builds one, but without
+    /// any network and without writing a file. Each issuer holds the keys found on disk (its
+    /// `jwks_file`, a set persisted in `key_cache_dir`) or none; nothing refreshes them. The
+    /// built-in issuer uses its `signing_key`, else the key persisted in `key_cache_dir`, else a
+    /// key generated here (which no running gateway shares).
+    pub fn offline(config: Config, metrics: &Arc<Metrics>) -> Result<Snapshot, ConfigError> {
+        Snapshot::build_with(config, None, KeySupply::Local, metrics)
+    }
+
+    fn build_with(
+        config: Config,
+        previous: Option<&Snapshot>,
+        supply: KeySupply<'_>,
         metrics: &Arc<Metrics>,
     ) -> Result<Snapshot, ConfigError> {
         let Compiled { table, tls, ca, signing_key } = compile(&config)?;
@@ -160,9 +209,12 @@ impl Snapshot {
                         && old.cache == IssuerKeys::cache_for(i, config.auth.key_cache.as_ref())
                 })
             });
-            let keys = match reused {
-                Some(old) => Arc::clone(old),
-                None => IssuerKeys::start(i.clone(), config.auth.key_cache.clone(), fetch.clone(), Arc::clone(metrics)),
+            let keys = match (reused, supply) {
+                (Some(old), _) => Arc::clone(old),
+                (None, KeySupply::Fetch(fetch)) => {
+                    IssuerKeys::start(i.clone(), config.auth.key_cache.clone(), fetch.clone(), Arc::clone(metrics))
+                }
+                (None, KeySupply::Local) => IssuerKeys::offline(i.clone(), local_keys(i, &config)),
             };
             issuers.insert(i.issuer.clone(), keys);
         }
@@ -174,6 +226,7 @@ impl Snapshot {
                 // one (unless the previous snapshot's generated key is taken over).
                 let generated_before = prev.is_some_and(|p| p.config.signing_key.is_none());
                 let signing_key = match (signing_key, &config.auth.key_cache) {
+                    (None, Some(_)) if matches!(supply, KeySupply::Local) => persisted_signing_key(&config),
                     (None, Some(cache)) if b.signing_key.is_none() && !generated_before => Some(
                         SigningKey::persisted(cache, &b.issuer, metrics)
                             .map_err(|e| unpositioned(&config, format!("built-in issuer: {e}")))?,

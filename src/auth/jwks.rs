@@ -409,6 +409,20 @@ impl IssuerKeys {
         })
     }
 
+    /// A key store that nothing fetches or refreshes, holding the keys found on disk or none
+    /// (`scopegate explain`, which never touches the network).
+    pub fn offline(config: IssuerConfig, keys: Option<KeySet>) -> Arc<IssuerKeys> {
+        Arc::new(IssuerKeys {
+            config,
+            cache: None,
+            keys: live::LiveKeys::new(keys),
+            generation: watch::channel(1).0,
+            kick: Arc::new(Notify::new()),
+            kick_state: Mutex::new(KickState::default()),
+            refreshing: AtomicBool::new(false),
+        })
+    }
+
     /// Replaces the keys whole, as a good fetch does; also how the built-in issuer's set
     /// loses a retired key when its publication window ends.
     pub fn replace_keys(&self, keys: KeySet) {

@@ -456,6 +456,19 @@ impl Verifier {
             }
         };
 
+        let mut principal =
+            self.accept(issuer, &claims, now)?.verified_by(issuer, entry, header.kid.as_deref(), version);
+        if self.keep_claims {
+            // Decoded once more, on this rare path only: `c` decoded above.
+            principal.claims = URL_SAFE_NO_PAD.decode(c).ok().map(Bytes::from);
+        }
+        Ok(principal)
+    }
+
+    /// The checks after the signature, the same for every way a principal is made: time
+    /// claims, audience, `token_use`; then the principal the claims describe.
+    fn accept(&self, issuer: &IssuerKeys, claims: &Claims, now: u64) -> Result<Principal, Reject> {
+        let unauthorized = Reject::Unauthorized;
         // Time claims, with leeway for clock skew. `exp` is required: a token that never
         // expires would also live in the cache forever.
         let leeway = self.leeway as f64;
@@ -490,7 +503,7 @@ impl Verifier {
         let sub = claims.sub.as_deref().unwrap_or(client_id);
         // Truncation floors the expiry: a cache entry may die early, never late.
         let exp = exp.max(0.0) as u64;
-        let principal = match (&claims.scope, &claims.scp) {
+        let mut principal = match (&claims.scope, &claims.scp) {
             (Some(s), _) | (None, Some(OneOrMany::One(s))) => {
                 Principal::new(sub, client_id, &cfg.issuer, s.split_whitespace(), exp)
             }
@@ -499,7 +512,6 @@ impl Verifier {
             }
             (None, None) => Principal::new(sub, client_id, &cfg.issuer, [], exp),
         };
-        let mut principal = principal.verified_by(issuer, entry, header.kid.as_deref(), version);
         principal.token_use = match claims.token_use.as_deref() {
             Some("access") => TokenUse::Access,
             Some("id") => TokenUse::Id,
@@ -507,11 +519,55 @@ impl Verifier {
         };
         // Checked above against the audiences when there are any.
         principal.aud_matched = claims.aud.is_some();
+        Ok(principal)
+    }
+
+    /// The principal of a token whose signature cannot be checked here (`scopegate explain`
+    /// without the issuer's keys): every check of [`Verifier::verify`] but the key lookup and
+    /// the signature, in the same order and with the same failures. Never for the request path.
+    pub fn unverified_principal(&self, token: &str) -> Result<Principal, Reject> {
+        let unauthorized = Reject::Unauthorized;
+        let mut parts = token.split('.');
+        let (Some(h), Some(c), Some(_), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+            return Err(unauthorized(AuthFailure::Malformed));
+        };
+        let header: JoseHeader = b64_json(h).map_err(unauthorized)?;
+        let claims: Claims = b64_json(c).map_err(unauthorized)?;
+        if header.crit {
+            return Err(unauthorized(AuthFailure::Malformed));
+        }
+        let issuer = self.issuer_of(&claims)?;
+        parse_alg(&header.alg)
+            .filter(|a| issuer.config.algorithms.contains(a))
+            .ok_or(unauthorized(AuthFailure::DisallowedAlg))?;
+        let mut principal = self.accept(issuer, &claims, now_secs())?;
         if self.keep_claims {
-            // Decoded once more, on this rare path only: `c` decoded above.
             principal.claims = URL_SAFE_NO_PAD.decode(c).ok().map(Bytes::from);
         }
         Ok(principal)
+    }
+
+    /// The principal of a claims object taken as verified (`scopegate explain --claims`): the
+    /// issuer must be configured, and every check after the signature applies as in
+    /// [`Verifier::verify`] (`exp` required, `nbf`/`iat`, audience, `token_use`).
+    pub fn principal_from_claims(&self, json: &[u8]) -> Result<Principal, Reject> {
+        let claims: Claims = serde_json::from_slice(json).map_err(|_| Reject::Unauthorized(AuthFailure::Malformed))?;
+        let issuer = self.issuer_of(&claims)?;
+        let mut principal = self.accept(issuer, &claims, now_secs())?;
+        if self.keep_claims {
+            principal.claims = Some(Bytes::copy_from_slice(json));
+        }
+        Ok(principal)
+    }
+
+    fn issuer_of(&self, claims: &Claims) -> Result<&Arc<IssuerKeys>, Reject> {
+        let iss = claims.iss.as_deref().ok_or(Reject::Unauthorized(AuthFailure::WrongIssuer))?;
+        self.issuers.get(iss).ok_or(Reject::Unauthorized(AuthFailure::WrongIssuer))
+    }
+
+    /// The configured issuer named `iss`, with its keys.
+    pub fn issuer(&self, iss: &str) -> Option<&Arc<IssuerKeys>> {
+        self.issuers.get(iss)
     }
 }
 

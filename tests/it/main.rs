@@ -15,6 +15,7 @@ mod compat;
 mod config;
 mod decision_log;
 mod docs;
+mod explain;
 mod faults_config;
 mod faults_idp;
 mod faults_upstream;

@@ -8,6 +8,7 @@
 //! admin one, and reloaded (SIGHUP); the same replacement is made in the commands. The `$ ` commands run in one bash process whose working directory is the temp
 //! dir (so `sed -i ... gateway.toml` edits the copy and `$TOKEN` persists), with a unique
 //! marker line printed between commands; each command's output must equal the README's lines.
+//! `scopegate` in a command is the binary under test: its directory comes first on `PATH`.
 
 use crate::common::*;
 
@@ -156,6 +157,13 @@ async fn readme_walkthrough_replays_against_the_real_binary() {
     let script_path = aux.path().join("walkthrough.sh");
     std::fs::write(&script_path, &script).expect("write script");
 
+    // `scopegate explain` in the walk-through runs the binary under test, on the copy's config.
+    let bin_dir = Path::new(env!("CARGO_BIN_EXE_scopegate")).parent().expect("the binary's directory");
+    let path = std::env::join_paths(
+        std::iter::once(bin_dir.to_path_buf())
+            .chain(std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())),
+    )
+    .expect("PATH");
     let mut bash = tokio::process::Command::new("bash");
     bash.arg("--noprofile")
         .arg("--norc")
@@ -167,6 +175,8 @@ async fn readme_walkthrough_replays_against_the_real_binary() {
         .env_remove("http_proxy")
         .env_remove("HTTP_PROXY")
         .env_remove("CURL_HOME")
+        .env("PATH", path)
+        .env_remove("SCOPEGATE_CONFIG")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
