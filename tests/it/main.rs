@@ -24,6 +24,7 @@ mod issuer;
 mod key_cache;
 mod limits;
 mod ops;
+mod parking;
 mod paths;
 mod reload;
 mod tunnels;
