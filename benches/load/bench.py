@@ -727,6 +727,12 @@ def idle_connections(target: Target, token: str, n: int, procs: Procs) -> dict:
         procs.check_alive()
         pids = target.pids()
         with_conns = mem_kib(pids, "VmRSS")
+        # A second reading, 5 s after the last connection idled (within every target's
+        # keep-alive timeout: scopegate's header_read_timeout of 10 s also bounds the wait for
+        # the next head): memory released by an idle connection may leave the footprint only
+        # after a while, depending on the allocator.
+        time.sleep(3.0)
+        with_conns_5s = mem_kib(pids, "VmRSS")
         hwm = mem_kib(pids, "VmHWM")
         alive = 0
         for s in socks:
@@ -743,9 +749,11 @@ def idle_connections(target: Target, token: str, n: int, procs: Procs) -> dict:
             s.close()
     r = {"target": target.name, "connections": n, "rss_idle_kib": base, "rss_with_conns_kib": with_conns,
          "vmhwm_kib": hwm, "per_conn_bytes": (with_conns - base) * 1024 / n, "alive": alive,
+         "rss_with_conns_5s_kib": with_conns_5s, "per_conn_bytes_5s": (with_conns_5s - base) * 1024 / n,
          "errors": errors, "serves_new_request": still_serves}
     log(f"  idle    {target.name:<26} {base/1024:.1f} MiB -> {with_conns/1024:.1f} MiB with {alive}/{n} "
-        f"open, {r['per_conn_bytes']/1024:.1f} KiB/conn, {errors} errors")
+        f"open, {r['per_conn_bytes']/1024:.1f} KiB/conn ({r['per_conn_bytes_5s']/1024:.1f} after 5 s), "
+        f"{errors} errors")
     time.sleep(1.0)
     return r
 
@@ -947,6 +955,9 @@ def main() -> int:
     ap.add_argument("--idle", type=int, default=1000, help="idle keep-alive connections (default 1000)")
     ap.add_argument("--tokens", type=int, default=10000, help="distinct tokens (default 10000)")
     ap.add_argument("--binary", default=str(ROOT / "target/release/scopegate"))
+    ap.add_argument("--variant", action="append", default=[], metavar="LABEL=PATH",
+                    help="A/B: also run the scopegate binary PATH (cache on) as target "
+                         "'scopegate [LABEL]', interleaved with the others (repeatable)")
     ap.add_argument("--json", default=str(HERE / "last-run.json"), help="where to write the results")
     ap.add_argument("--keep-tmp", action="store_true", help="keep the temp dir (configs, logs)")
     ap.add_argument("--tests", default=",".join(TESTS),
@@ -1088,15 +1099,24 @@ end
     if not args.quick:
         variants.append(("scopegate (info log)", None, "info",
                          "RUST_LOG=info: one JSON access-log line per request, to a file"))
+    extra_bins = {}
+    for v in args.variant:
+        label, _, path = v.partition("=")
+        if not path or not Path(path).is_file():
+            raise BenchError(f"--variant {v!r}: want LABEL=PATH to a scopegate binary")
+        name = f"scopegate [{label}]"
+        variants.append((name, None, "warn", f"A/B variant: {path}"))
+        extra_bins[name] = path
     for i, (name, cache, level, note) in enumerate(variants):
         port, admin = free_port(), free_port()
         conf = write_scopegate_conf(tmp, f"scopegate{i}", port, admin, up_port, cache)
-        chk = subprocess.run([str(binary), "check", "--config", str(conf)], capture_output=True, text=True)
+        exe = extra_bins.get(name, str(binary))
+        chk = subprocess.run([exe, "check", "--config", str(conf)], capture_output=True, text=True)
         if chk.returncode != 0:
             raise BenchError(f"`scopegate check` rejects {conf} (exit {chk.returncode}):\n"
                              f"{chk.stdout}{chk.stderr}")
         env = dict(os.environ, RUST_LOG=level)
-        p = procs.start(f"scopegate{i}", [str(binary), "--config", str(conf)], PROXY_CORE, env)
+        p = procs.start(f"scopegate{i}", [exe, "--config", str(conf)], PROXY_CORE, env)
         wait_port(port, procs)
         targets.append(Target(name, "scopegate", port, port, p, True, note, admin))
 
@@ -1172,7 +1192,8 @@ end
 
     # ---- 1b. HTTP/1.1 at 256 connections (the second concurrency)
     c256_targets = [t for t in targets if t.name in
-                    ("nginx (no auth)", "haproxy (jwt_verify)", "scopegate", "scopegate (cache off)")]
+                    ("nginx (no auth)", "haproxy (jwt_verify)", "scopegate", "scopegate (cache off)")
+                    or t.name.startswith("scopegate [")]
     if "h1c256" in args.tests:
         log(f"HTTP/1.1: wrk -t1 -c256 -d{duration}s, one valid token")
         interleaved("h1c256", c256_targets,
@@ -1206,7 +1227,8 @@ end
 
     # ---- 3. 10,000 distinct tokens
     miss_targets = [t for t in targets if t.name in
-                    ("nginx (no auth)", "haproxy (jwt_verify)", "scopegate", "scopegate (cache off)")]
+                    ("nginx (no auth)", "haproxy (jwt_verify)", "scopegate", "scopegate (cache off)")
+                    or t.name.startswith("scopegate [")]
     if "tokens" in args.tests:
         log(f"{len(many)} distinct tokens, rotated per request (wrk Lua request())")
         interleaved("tokens", miss_targets, lambda t, d, ph, r: bench.wrk(t, rotate_lua, d, ph, r),
@@ -1230,7 +1252,8 @@ end
     if "idle" in args.tests:
         log(f"{args.idle} idle keep-alive connections (one request each, then idle)")
         idle = [idle_connections(t, token, args.idle, procs) for t in targets
-                if t.name in ("nginx (no auth)", "haproxy (jwt_verify)", "scopegate")]
+                if t.name in ("nginx (no auth)", "haproxy (jwt_verify)", "scopegate")
+                or t.name.startswith("scopegate [")]
 
     # ---- report
     results["machine"] = machine_info(binary)
@@ -1309,12 +1332,13 @@ end
     if "idle" in args.tests:
         print(f"### {args.idle} idle keep-alive connections (each made one request, then idles)")
         print()
-        print("| target | RSS idle MiB | RSS with conns MiB | per connection KiB | still open | errors "
-              "| serves new request |")
-        print("|---|---|---|---|---|---|---|")
+        print("| target | RSS idle MiB | RSS with conns MiB (2 s) | per connection KiB (2 s) | "
+              "per connection KiB (5 s) | still open | errors | serves new request |")
+        print("|---|---|---|---|---|---|---|---|")
         for r in idle:
             print(f"| {r['target']} | {r['rss_idle_kib']/1024:.1f} | {r['rss_with_conns_kib']/1024:.1f} | "
-                  f"{r['per_conn_bytes']/1024:.1f} | {r['alive']}/{r['connections']} | {r['errors']} | "
+                  f"{r['per_conn_bytes']/1024:.1f} | {r['per_conn_bytes_5s']/1024:.1f} | "
+                  f"{r['alive']}/{r['connections']} | {r['errors']} | "
                   f"{'yes' if r['serves_new_request'] else 'NO'} |")
         print()
     # unpinned runs share the cores with the load side by design: waiting there is not noise
