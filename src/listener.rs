@@ -57,8 +57,11 @@ const MIN_LOOK: Duration = Duration::from_millis(100);
 
 /// How long an HTTP/1.1 keep-alive connection has nothing in flight before it is parked
 /// (hyper's connection and its buffers released). Long against the gap between the requests of
-/// a busy client, so that one pays nothing for it; a connection is parked within twice this.
-const PARK_AFTER: Duration = Duration::from_millis(500);
+/// a busy client, so that one pays nothing for it, and short enough that the buffers of
+/// connections that made one request and went quiet are freed (and reused by the next ones)
+/// before many more pile up: the process's footprint is set by how many hold buffers at once.
+/// A connection is parked within twice this; a busy one costs a watchdog look this often.
+const PARK_AFTER: Duration = Duration::from_millis(100);
 
 /// What a client speaking HTTP/2 with prior knowledge sends first.
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
