@@ -26,6 +26,7 @@ pub struct Metrics {
     pub config_reloads: IntCounterVec,
     pub tokens_issued: IntCounterVec,
     pub config_restart_required: IntGaugeVec,
+    pub connections_parked: IntGauge,
 }
 
 /// Buckets from 50µs to ~3.3s: proxy overhead is sub-millisecond, upstreams are not.
@@ -121,6 +122,11 @@ impl Metrics {
         )?;
         registry.register(Box::new(tokens_issued.clone()))?;
         registry.register(Box::new(config_restart_required.clone()))?;
+        let connections_parked = IntGauge::new(
+            "scopegate_connections_parked",
+            "Idle HTTP/1.1 keep-alive connections parked: holding their socket only, no HTTP state or buffers",
+        )?;
+        registry.register(Box::new(connections_parked.clone()))?;
         Ok(Metrics {
             registry,
             requests,
@@ -138,6 +144,7 @@ impl Metrics {
             config_reloads,
             tokens_issued,
             config_restart_required,
+            connections_parked,
         })
     }
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # scopegate load benchmark: the one command.
 #
-#   bash benches/load/run.sh            # full run, ~8 minutes
+#   bash benches/load/run.sh            # full run, ~12 minutes
 #   bash benches/load/run.sh --quick    # ~1.5 minutes
 #
 # Installs what is missing (Debian: nginx, haproxy 2.6, wrk, h2load, taskset; python3 with

@@ -26,6 +26,7 @@ mod issuer;
 mod key_cache;
 mod limits;
 mod ops;
+mod parking;
 mod paths;
 mod reload;
 mod tunnels;
