@@ -150,7 +150,6 @@ async fn round_trips(case: &str, addr: std::net::SocketAddr, request: &[u8], sta
 }
 
 fn main() {
-    // `cargo bench` passes `--bench`; `cargo test --benches` runs this too, briefly is enough.
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     let subscriber = tracing_subscriber::fmt()
         .json()
