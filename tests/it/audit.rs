@@ -69,19 +69,6 @@ async fn request(addr: std::net::SocketAddr, path: &str, id: &str, token: Option
     send_to(addr, "GET", path, &headers, "").await
 }
 
-/// The access line of the request with this `x-request-id`, waiting (bounded) for it.
-async fn access_line(p: &Binary, id: &str) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let found = p.json_lines().into_iter().find(|v| v["target"] == "scopegate::access" && v["request_id"] == id);
-        if let Some(line) = found {
-            return line;
-        }
-        assert!(Instant::now() < deadline, "no access line for {id}:\n{}", p.output());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// `(status, decision, reason, route, token_verified)` of an access line.
 fn decision(line: &Value) -> (u64, &str, &str, &str, bool) {
     (
@@ -118,7 +105,7 @@ async fn audit_route_forwards_what_it_would_refuse_without_identity_and_counts_i
         let got = up.last().expect("forwarded");
         assert_eq!(got.target, "/audit", "{what}");
         assert_eq!(x_auth(&got), vec![], "{what}: no identity headers upstream");
-        let line = access_line(&p, &id).await;
+        let line = p.access_line(&id).await;
         let verified = case.reason == "insufficient_scope";
         assert_eq!(decision(&line), (200, "would_deny", case.reason, "/audit", verified), "{what}: {line}");
         assert_eq!(line["required_any_of"], "API/read", "{what}: {line}");
@@ -128,11 +115,11 @@ async fn audit_route_forwards_what_it_would_refuse_without_identity_and_counts_i
         let r = request(p.addr, "/enforced", &id, case.token.as_deref()).await;
         assert_eq!(r.status, case.status, "{what} on the enforcing route: {r:?}");
         assert_eq!(up.count(), before + 1, "{what}: the enforcing route does not forward");
-        let line = access_line(&p, &id).await;
+        let line = p.access_line(&id).await;
         assert_eq!(decision(&line), (u64::from(case.status), "deny", case.reason, "/enforced", verified), "{line}");
     }
     // The insufficient-scope line keeps what the token carried, as a refusal's line does.
-    let line = access_line(&p, "audit-4").await;
+    let line = p.access_line("audit-4").await;
     assert_eq!((line["client_id"].as_str(), line["token_scopes"].as_str()), (Some("client-scope"), Some("API/write")));
 
     // A good token passes both routes as usual, with its identity.
@@ -148,7 +135,7 @@ async fn audit_route_forwards_what_it_would_refuse_without_identity_and_counts_i
         assert_eq!(got.header_all("x-auth-client-id"), vec!["client-good"], "{path}");
         assert_eq!(got.header_all("x-auth-scope"), vec!["API/read"], "{path}");
         assert_eq!(got.header_all("x-auth-issuer"), vec![ISS], "{path}");
-        assert_eq!(decision(&access_line(&p, &id).await), (200, "allow", "", path, true), "{path}");
+        assert_eq!(decision(&p.access_line(&id).await), (200, "allow", "", path, true), "{path}");
     }
 
     // What is not a token decision stays enforced on the audit route.
@@ -162,7 +149,7 @@ async fn audit_route_forwards_what_it_would_refuse_without_identity_and_counts_i
         let id = format!("other-{i}");
         let r = send_to(p.addr, method, path, &[("x-request-id", &id)], "").await;
         assert_eq!(r.status, status, "{method} {path}: {r:?}");
-        let line = access_line(&p, &id).await;
+        let line = p.access_line(&id).await;
         assert_eq!(
             (line["decision"].as_str(), line["reason"].as_str()),
             (Some("deny"), Some(reason)),

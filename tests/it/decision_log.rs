@@ -6,7 +6,7 @@
 
 use crate::common::*;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{json, Value};
 
@@ -14,19 +14,6 @@ use serde_json::{json, Value};
 const BUILTIN: &str = "https://builtin.scopegate.test";
 /// The plain client secret of the built-in issuer's client `demo`: it must never be logged.
 const SECRET: &str = "s3cret-that-must-never-be-logged-7f3a";
-
-/// The access line of the request with this `x-request-id`, waiting (bounded) for it.
-async fn access_line(p: &Binary, id: &str) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let found = p.json_lines().into_iter().find(|v| v["target"] == "scopegate::access" && v["request_id"] == id);
-        if let Some(line) = found {
-            return line;
-        }
-        assert!(Instant::now() < deadline, "no access line for {id}:\n{}", p.output());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 async fn request(p: &Binary, path: &str, id: &str, token: Option<&str>) -> Resp {
     let auth = token.map(|t| format!("Bearer {t}"));
@@ -150,16 +137,16 @@ async fn access_line_explains_every_decision_without_tokens_or_secrets() {
     assert_eq!(resp.status, 200);
 
     let book = ("/book", "API/book.get API/book.list", "");
-    assert_decision(&access_line(&p, "no-token").await, (401, "missing_token"), book, ("", "", false, "none"), ("", 0));
-    assert_decision(&access_line(&p, "expired").await, (401, "expired"), book, (ISS, "log-k1", false, "miss"), ("", 0));
+    assert_decision(&p.access_line("no-token").await, (401, "missing_token"), book, ("", "", false, "none"), ("", 0));
+    assert_decision(&p.access_line("expired").await, (401, "expired"), book, (ISS, "log-k1", false, "miss"), ("", 0));
     assert_decision(
-        &access_line(&p, "stranger").await,
+        &p.access_line("stranger").await,
         (401, "wrong_issuer"),
         book,
         ("https://stranger.test/pool", "log-k1", false, "miss"),
         ("", 0),
     );
-    let line = access_line(&p, "hostile-kid").await;
+    let line = p.access_line("hostile-kid").await;
     assert_eq!(field(&line, "reason"), "unknown_kid", "{line}");
     assert_eq!(field(&line, "iss"), ISS, "{line}");
     let kid = field(&line, "kid");
@@ -167,34 +154,34 @@ async fn access_line_explains_every_decision_without_tokens_or_secrets() {
     assert!(kid.starts_with("evil"), "{line}");
     assert!(kid.chars().all(|c| (' '..='~').contains(&c)), "unverified kid logged with unprintable characters: {line}");
     assert_decision(
-        &access_line(&p, "scope").await,
+        &p.access_line("scope").await,
         (403, "insufficient_scope"),
         ("/admin", "", "API/admin API/audit"),
         (ISS, "log-k1", true, "miss"),
         ("API/book.get API/admin", 2),
     );
     assert_decision(
-        &access_line(&p, "allowed-hit").await,
+        &p.access_line("allowed-hit").await,
         (200, ""),
         book,
         (ISS, "log-k1", true, "hit"),
         ("API/book.get API/admin", 2),
     );
     assert_decision(
-        &access_line(&p, "allowed-miss").await,
+        &p.access_line("allowed-miss").await,
         (200, ""),
         book,
         (ISS, "log-k1", true, "miss"),
         ("API/book.list", 1),
     );
     assert_decision(
-        &access_line(&p, "builtin").await,
+        &p.access_line("builtin").await,
         (200, ""),
         book,
         (BUILTIN, &minted_kid, true, "miss"),
         ("API/book.get", 1),
     );
-    assert_decision(&access_line(&p, "public").await, (200, ""), ("/public", "", ""), ("", "", false, "none"), ("", 0));
+    assert_decision(&p.access_line("public").await, (200, ""), ("/public", "", ""), ("", "", false, "none"), ("", 0));
 
     p.terminate(Duration::from_secs(25)).await;
     let all = p.output();

@@ -9,7 +9,6 @@
 use crate::common::*;
 
 use std::path::Path;
-use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
@@ -54,19 +53,6 @@ async fn explain_json(dir: &Path, config: &Path, method: &str, path: &str, token
     (out.status.code().expect("exit code"), v)
 }
 
-/// The access line of the request with this `x-request-id`, waiting (bounded) for it.
-async fn access_line(p: &Binary, id: &str) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let found = p.json_lines().into_iter().find(|v| v["target"] == "scopegate::access" && v["request_id"] == id);
-        if let Some(line) = found {
-            return line;
-        }
-        assert!(Instant::now() < deadline, "no access line for {id}:\n{}", p.output());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// Sends every row to the running binary and through `explain --json`, and asserts that the two
 /// agree, row by row. Returns how many rows each side allowed (for the caller to check the table
 /// covers both outcomes).
@@ -82,7 +68,7 @@ async fn assert_agreement(p: &Binary, up: &Upstream, header: &str, rows: &[Row])
         request.push_str("connection: close\r\n\r\n");
         let forwarded_before = up.count();
         let resp = raw(p.addr, request.as_bytes()).await;
-        let line = access_line(p, &id).await;
+        let line = p.access_line(&id).await;
         let (code, e) = explain_json(p.dir.path(), p.config_path(), r.method, r.path, r.token.as_deref()).await;
 
         let mut problems = Vec::new();

@@ -1467,6 +1467,20 @@ impl Binary {
         self.stdout().lines().filter_map(|l| serde_json::from_str::<Value>(l).ok()).collect()
     }
 
+    /// The JSON access-log line of the request with this `x-request-id`, waiting (bounded) for it.
+    pub async fn access_line(&self, id: &str) -> Value {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let found =
+                self.json_lines().into_iter().find(|v| v["target"] == "scopegate::access" && v["request_id"] == id);
+            if let Some(line) = found {
+                return line;
+            }
+            assert!(std::time::Instant::now() < deadline, "no access line for {id}:\n{}", self.output());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Sends `sig` ("TERM", "INT", "HUP", ...) with kill(1); panics if kill fails.
     pub fn signal(&self, sig: &str) {
         let status = std::process::Command::new("kill")
