@@ -1075,12 +1075,16 @@ end
     targets: list[Target] = [Target("direct (upstream)", "direct", up_port, up_h2, None, False,
                                     "wrk -> upstream, no proxy")]
 
-    nx_port, nx_h2 = free_port(), free_port()
-    conf = write_nginx_proxy_conf(tmp, nx_port, nx_h2, up_port,
-                                  idle_upstream=max(256, args.connections))
-    p = procs.start("nginx", ["nginx", "-p", str(conf.parent), "-c", str(conf),
-                              "-e", str(conf.parent / "error.log")], PROXY_CORE)
-    wait_port(nx_port, procs)
+    def start_nginx_proxy(proc_name: str, workers: int, core: str, **conf_args) -> tuple[int, int, subprocess.Popen]:
+        port, h2 = free_port(), free_port()
+        conf = write_nginx_proxy_conf(tmp, port, h2, up_port, workers=workers,
+                                      idle_upstream=max(256, args.connections), **conf_args)
+        p = procs.start(proc_name, ["nginx", "-p", str(conf.parent), "-c", str(conf),
+                                    "-e", str(conf.parent / "error.log")], core)
+        wait_port(port, procs)
+        return port, h2, p
+
+    nx_port, nx_h2, p = start_nginx_proxy("nginx", 1, PROXY_CORE)
     targets.append(Target("nginx (no auth)", "nginx", nx_port, nx_h2, p, False,
                           "plain reverse proxy, 1 worker"))
 
@@ -1124,12 +1128,7 @@ end
     # multi-thread runtime (it sizes itself to the CPUs it may use); idle during the other tests
     scale_targets: list[Target] = []
     if "scale" in args.tests:
-        n2_port, n2_h2 = free_port(), free_port()
-        conf = write_nginx_proxy_conf(tmp, n2_port, n2_h2, up_port, workers=2,
-                                      idle_upstream=max(256, args.connections), name="nginx-proxy-2")
-        p = procs.start("nginx2", ["nginx", "-p", str(conf.parent), "-c", str(conf),
-                                   "-e", str(conf.parent / "error.log")], BOTH_CORES)
-        wait_port(n2_port, procs)
+        n2_port, n2_h2, p = start_nginx_proxy("nginx2", 2, BOTH_CORES, name="nginx-proxy-2")
         scale_targets.append(Target("nginx (2 workers)", "nginx", n2_port, n2_h2, p, False,
                                     "plain reverse proxy, 2 workers, unpinned"))
         port, admin = free_port(), free_port()
